@@ -1,0 +1,1 @@
+"""The TLS protocol, sans-IO. Rule: nothing here imports os, socket or tlswrapper.keys."""

@@ -1,0 +1,55 @@
+"""The engine's configuration, in the CLI's vocabulary. Rule: validated once, then immutable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import suites
+
+
+class ConfigError(ValueError):
+    """A configuration the engine cannot use; the message is one line for the user."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    version_min: int = suites.TLS12
+    version_max: int = suites.TLS13
+    ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS      # -c names, preference order
+    groups: tuple[str, ...] = suites.DEFAULT_GROUPS        # -e names, preference order
+    server_preference: bool = True                         # -s (True) / -S (False)
+    # Client certificates (-a): DER subjects of the anchors for certificate_authorities.
+    request_client_certificate: bool = False
+    client_ca_names: tuple[bytes, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.version_min not in suites.VERSION_LABELS:
+            raise ConfigError(f"unknown version {self.version_min:#x}")
+        if self.version_max not in suites.VERSION_LABELS:
+            raise ConfigError(f"unknown version {self.version_max:#x}")
+        if self.version_min > self.version_max:
+            raise ConfigError("minimal version is above the maximal version")
+        for name in self.ciphers:
+            if name not in suites.CIPHER_NAMES:
+                raise ConfigError(f"unknown cipher {name}")
+        for name in self.groups:
+            if name not in suites.GROUP_NAMES:
+                raise ConfigError(f"unknown group {name}")
+        if not self.ciphers:
+            raise ConfigError("no cipher enabled")
+        if not self.groups:
+            raise ConfigError("no group enabled")
+
+    @property
+    def group_codes(self) -> tuple[int, ...]:
+        return tuple(suites.GROUP_NAMES[g] for g in self.groups)
+
+    def suite_codes(self, version: int) -> tuple[int, ...]:
+        """The IANA codes enabled for `version`, preference order (by -c order, then ECDSA
+        before RSA for a TLS 1.2 name; the key type later filters)."""
+        out = []
+        for name in self.ciphers:
+            for s in suites.SUITES.values():
+                if s.cli == name and s.version_min <= version <= s.version_max:
+                    out.append(s.code)
+        return tuple(out)

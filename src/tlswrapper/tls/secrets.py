@@ -1,0 +1,128 @@
+"""The KeyService: the only things the engine may ask of the side that holds secrets.
+
+Rule: every argument and result is bytes, int, str, bool, or a list/tuple of them, so that the
+same interface runs in-process (tests) or over a pipe to the jailed key process (production).
+The engine never receives a secret: not a private key, an ephemeral key, a shared secret, a
+master/handshake/traffic secret, a record key or IV. It holds no handles either: the key side
+keeps one connection's state (one key process per connection).
+
+Key stages. Each direction (READ = client to server, WRITE = server to client) has a current
+protection (initially none: the engine frames plaintext records itself) and a pending one.
+derive12 / derive13_handshake / derive13_application fill the pending protection of both
+directions; activate(direction) makes a direction's pending protection current (resetting its
+sequence number). The engine decides when: at ChangeCipherSpec in TLS 1.2, right after
+derive13_handshake for both directions, after its own Finished (WRITE) and after the client's
+Finished (READ) for the application keys in TLS 1.3.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+READ = 0    # records from the client
+WRITE = 1   # records to the client
+
+SENDER_CLIENT = 0
+SENDER_SERVER = 1
+
+
+class KeyServiceError(Exception):
+    """A request the key side refused. `alert` is the TLS alert to send (suites.*), `reason`
+    a short line for the log. Raised e.g. for an invalid peer key share (illegal_parameter)."""
+
+    def __init__(self, alert: int, reason: str) -> None:
+        super().__init__(reason)
+        self.alert = alert
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A certificate file as the key side read it: its public chain (DER, leaf first) and the
+    type of its private key (suites.KEY_RSA, KEY_EC_P256, KEY_EC_P384, KEY_EC_P521). `bits` is
+    the RSA modulus size (0 for EC keys)."""
+
+    chain: tuple[bytes, ...]
+    key_type: str
+    bits: int = 0
+
+
+@dataclass(frozen=True)
+class Unusable:
+    """A certificate file that cannot be used, and why (for the log): 'missing' when the
+    file does not exist, else a reason such as 'key does not match certificate'."""
+
+    reason: str
+    missing: bool = False
+
+
+class KeyService(Protocol):
+    # --- certificates -------------------------------------------------------------------
+    def load(self, paths: Sequence[str]) -> list[Candidate | Unusable]:
+        """Read the PEM files named, in order (the key process reads them privileged and
+        jails before parsing the secret parts), and report each file's public chain and key
+        type. Called at most once per connection."""
+
+    def select(self, index: int) -> None:
+        """Use the private key of candidate `index` of load()'s answer for sign()."""
+
+    def sign(self, scheme: int, data: bytes) -> bytes:
+        """Sign `data` with the selected key under signature scheme `scheme` (suites.*;
+        LEGACY_* for TLS 1.0/1.1). The key side hashes `data` itself. Raises KeyServiceError
+        if the scheme does not fit the key."""
+
+    # --- key exchange ---------------------------------------------------------------------
+    def key_share(self, group: int, peer_share: bytes | None = None) -> bytes:
+        """Make an ephemeral key for `group` and return our public share. With `peer_share`
+        (TLS 1.3, where the client's share comes first) also compute and keep the shared
+        secret; for X25519MLKEM768 `peer_share` is required and the answer is the ML-KEM
+        ciphertext followed by our X25519 public key. Raises KeyServiceError(illegal_parameter)
+        for a peer share that is not a valid point or encapsulation key."""
+
+    # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
+    def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
+                 server_random: bytes, session_hash: bytes | None,
+                 encrypt_then_mac: bool = False) -> None:
+        """ECDH with the client's share (ClientKeyExchange), then the master secret (extended,
+        RFC 7627, when `session_hash` is given) and the key block; fills the pending protection
+        of both directions. Raises KeyServiceError(illegal_parameter) for an invalid share."""
+
+    def finished12(self, sender: int, handshake_hash: bytes) -> bytes:
+        """verify_data of the Finished message sent by `sender` (SENDER_CLIENT: 'client
+        finished', SENDER_SERVER: 'server finished') over `handshake_hash` (MD5||SHA-1 for
+        TLS 1.0/1.1, the suite's PRF hash for 1.2)."""
+
+    # --- TLS 1.3 ----------------------------------------------------------------------------
+    def derive13_handshake(self, suite: int, transcript_hash: bytes) -> None:
+        """From the shared secret of key_share(group, peer_share): Early Secret (no PSK),
+        Handshake Secret, both handshake traffic secrets (transcript ClientHello..ServerHello);
+        fills the pending protection of both directions with handshake keys."""
+
+    def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
+        """verify_data of `sender`'s Finished (the current handshake traffic secret)."""
+
+    def derive13_application(self, transcript_hash: bytes) -> None:
+        """Master Secret and both application traffic secrets (transcript ClientHello..server
+        Finished); fills the pending protection of both directions with application keys."""
+
+    def key_update(self, direction: int) -> None:
+        """TLS 1.3 KeyUpdate: next generation of `direction`'s application traffic secret,
+        made current at once (sequence number reset)."""
+
+    # --- records ----------------------------------------------------------------------------
+    def activate(self, direction: int) -> None:
+        """Make `direction`'s pending protection current."""
+
+    def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
+        """Protect each (content_type, plaintext) with the current WRITE protection and return
+        the whole records (headers included), concatenated. Plaintexts are at most 2^14 bytes.
+        TLS 1.3: the inner content type is added and the outer type is application_data."""
+
+    def open(self, records: Sequence[bytes]) -> tuple[list[tuple[int, bytes]], int, str]:
+        """Unprotect whole records (5-byte header + fragment) with the current READ
+        protection, in order. Returns (results, alert, reason): results is one
+        (content_type, plaintext) per record that opened; on the first failure `alert` is
+        its alert (bad_record_mac; unexpected_message for a TLS 1.3 record with no content
+        type; decode_error for a malformed CBC record) and the rest is not processed; alert 0
+        means every record opened. TLS 1.3: padding is removed and the inner type returned."""
