@@ -125,4 +125,8 @@ class KeyService(Protocol):
         (content_type, plaintext) per record that opened; on the first failure `alert` is
         its alert (bad_record_mac; unexpected_message for a TLS 1.3 record with no content
         type; decode_error for a malformed CBC record) and the rest is not processed; alert 0
-        means every record opened. TLS 1.3: padding is removed and the inner type returned."""
+        means every record opened, or processing stopped early (fewer results than records)
+        right after a record whose content type is not application_data: such a record may
+        change the keys (KeyUpdate, Finished), so the engine resubmits the rest afterwards.
+        A record that fails leaves the sequence number unchanged (TLS 1.3 may skip rejected
+        0-RTT records). TLS 1.3: padding is removed and the inner type returned."""
