@@ -1,0 +1,80 @@
+# tlswrapper: developer and CI entry points.
+#   make test   install what the tests need (Debian packages, venv), run the whole suite
+#   make demo   serve https://127.0.0.1:8443/ with a demo certificate through tcpserver
+#   make bench  run the benchmarks (bench/run.py), when there are any
+# Works on a fresh Debian 12 as root; the second run installs nothing and goes straight on.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+JAILDIR := /var/lib/tlswrapper/empty
+PYTEST_ARGS ?=
+
+# What the tests call as real peers and harnesses:
+#   openssl, gnutls-bin (gnutls-cli), curl: TLS clients; tlswrapper: Debian's C version, for
+#   comparisons; ucspi-tcp: tcpserver; socat, busybox (tcpsvd): plumbing; chromium: the
+#   X25519MLKEM768 interop client; python3-venv: for the venv below.
+TEST_PACKAGES := openssl gnutls-bin curl tlswrapper ucspi-tcp socat busybox chromium python3-venv
+DEMO_PACKAGES := ucspi-tcp python3-venv
+
+DEMO_HOST := 127.0.0.1
+DEMO_PORT := 8443
+
+.PHONY: test demo bench deps demo-deps venv jaildir clean distclean
+# deps must finish before the venv is made (python3-venv); keep the steps in order.
+.NOTPARALLEL:
+
+test: deps venv jaildir
+	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+
+deps:
+	@scripts/ensure-debian-packages $(TEST_PACKAGES)
+
+demo-deps:
+	@scripts/ensure-debian-packages $(DEMO_PACKAGES)
+
+# The venv, (re)installed when pyproject.toml changes.
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! $(VPY) -c '' 2>/dev/null; then \
+		rm -rf $(VENV) && echo "creating $(VENV)" && $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+# The default jail directory: empty, owned by root, not writable by the jail accounts.
+# (Debian's tlswrapper package creates the same one.) Needs root; skipped otherwise.
+jaildir:
+	@if [ "$$(id -u)" = 0 ] && [ ! -d $(JAILDIR) ]; then \
+		install -d -m 0755 -o root -g root $(JAILDIR); \
+	fi
+
+demo/localhost.pem: scripts/demo_cert.py | venv
+	$(VPY) scripts/demo_cert.py $@
+
+demo: demo-deps venv jaildir demo/localhost.pem
+	@echo
+	@echo "Serving https://$(DEMO_HOST):$(DEMO_PORT)/ (Ctrl-C stops). In another terminal try:"
+	@echo
+	@echo "    curl -k https://$(DEMO_HOST):$(DEMO_PORT)/"
+	@echo
+	tcpserver -HRDl0 $(DEMO_HOST) $(DEMO_PORT) \
+		$(VENV)/bin/tlswrapper -f demo/localhost.pem -- \
+		$(VPY) scripts/demo_responder.py
+
+bench: venv
+	@if [ -f bench/run.py ]; then \
+		$(VPY) bench/run.py; \
+	else \
+		echo "no benchmarks yet: bench/run.py does not exist"; \
+	fi
+
+clean:
+	rm -rf demo .pytest_cache .hypothesis
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV) src/*.egg-info
