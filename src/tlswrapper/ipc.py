@@ -30,6 +30,8 @@ import os
 import struct
 from typing import Any, Union
 
+from tlswrapper.tls.secrets import Candidate, Unusable
+
 # A batch of 16 records of 16 KiB plus their headers and tags is ~260 KiB; 8 MiB leaves
 # room for batches of ~500 full records and still bounds what one frame can make us buffer.
 MAX_FRAME = 8 << 20
@@ -75,6 +77,31 @@ Value = Union[None, bool, int, bytes, str, list, tuple]
 class IpcError(Exception):
     """A frame that is malformed, over a limit, or cut short; or a value that cannot be
     encoded. Either process treats it as fatal for the connection."""
+
+
+# --- load()'s answer: the only non-plain values of the KeyService ------------------------
+
+def candidate_to_wire(c: Candidate | Unusable) -> tuple:
+    """("c", chain, key_type, bits) or ("u", reason, missing)."""
+    if isinstance(c, Candidate):
+        return ("c", tuple(c.chain), c.key_type, c.bits)
+    if isinstance(c, Unusable):
+        return ("u", c.reason, c.missing)
+    raise IpcError("load() answered something that is not a Candidate or Unusable")
+
+
+def candidate_from_wire(v: Any) -> Candidate | Unusable:
+    """The inverse of candidate_to_wire; IpcError for anything else."""
+    if type(v) is tuple and len(v) == 4 and v[0] == "c":
+        _, chain, key_type, bits = v
+        if (type(chain) is tuple and all(type(x) is bytes for x in chain)
+                and type(key_type) is str and type(bits) is int):
+            return Candidate(chain, key_type, bits)
+    elif type(v) is tuple and len(v) == 3 and v[0] == "u":
+        _, reason, missing = v
+        if type(reason) is str and type(missing) is bool:
+            return Unusable(reason, missing)
+    raise IpcError("malformed load() answer")
 
 
 # --- encoding -----------------------------------------------------------------------------
@@ -164,8 +191,14 @@ def encode(opcode: int, value: Value) -> bytes:
 
 
 def write_frame(fd: int, opcode: int, value: Value) -> None:
-    """Write one frame to `fd`, all of it (writev may write part of it, e.g. on a signal)."""
-    parts = [memoryview(p).cast("B") for p in encode_parts(opcode, value)]
+    """Write one frame to `fd`. Nothing is written if the value cannot be encoded."""
+    write_parts(fd, encode_parts(opcode, value))
+
+
+def write_parts(fd: int, buffers: list[Any]) -> None:
+    """Write the buffers of encode_parts() to `fd`, all of them (writev may write only a part,
+    e.g. when a signal arrives in the middle of a large frame)."""
+    parts = [memoryview(p).cast("B") for p in buffers]
     i = 0
     while i < len(parts):
         n = os.writev(fd, parts[i:i + _IOV_MAX])

@@ -1,0 +1,339 @@
+"""The network process's side of the key process: start it, and a KeyService over its pipes.
+
+Rule: every answer is checked before use, and a key process that dies or misbehaves raises
+KeyProcessDied (fatal for the connection, exit 111), never a hang or a KeyServiceError.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+from tlswrapper import ipc
+from tlswrapper.keys import service as key_service
+from tlswrapper.tls import suites
+from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+
+PR_SET_PDEATHSIG = 1
+# How long close() waits for the key process to exit after EOF before killing it.
+CLOSE_GRACE = 1.0
+EXIT_OK = 0
+EXIT_FATAL = 111
+
+
+class KeyProcessDied(Exception):
+    """The key process exited, was killed, or broke the protocol. Not a KeyServiceError on
+    purpose: no alert can be computed without it, the connection is simply over."""
+
+
+# --- answer checks: the shape each method must answer with ------------------------------------
+
+def _none(v: Any) -> None:
+    if v is not None:
+        raise ipc.IpcError("expected no result")
+
+
+def _bytes(v: Any) -> bytes:
+    if type(v) is not bytes:
+        raise ipc.IpcError("expected bytes")
+    return v
+
+
+def _candidates(v: Any) -> list[Candidate | Unusable]:
+    if type(v) is not list:
+        raise ipc.IpcError("expected a list")
+    return [ipc.candidate_from_wire(x) for x in v]
+
+
+def _opened(v: Any) -> tuple[list[tuple[int, bytes]], int, str]:
+    if type(v) is tuple and len(v) == 3 and type(v[0]) is list and type(v[1]) is int \
+            and type(v[2]) is str:
+        for r in v[0]:
+            if type(r) is not tuple or len(r) != 2 or type(r[0]) is not int \
+                    or type(r[1]) is not bytes:
+                break
+        else:
+            return v
+    raise ipc.IpcError("malformed open() answer")
+
+
+def _records(records: Sequence[Any]) -> list | tuple:
+    # The encoder takes lists and tuples; any other Sequence is copied into a list.
+    return records if type(records) is list or type(records) is tuple else list(records)
+
+
+class PipeKeyService:
+    """The KeyService of the engine in production: each call is one request/answer round trip
+    to the key process. Not thread-safe (one connection, one thread)."""
+
+    def __init__(self, rfd: int, wfd: int, pid: int | None = None) -> None:
+        self.rfd = rfd          # answers from the key process
+        self.wfd = wfd          # requests to the key process
+        self.pid = pid
+        self._reader = ipc.FrameReader(rfd)
+        self._dead: str | None = None
+        self._closed = False
+
+    # --- transport -----------------------------------------------------------------------------
+    def _call(self, name: str, args: tuple) -> Any:
+        if self._dead is not None:
+            raise KeyProcessDied(self._dead)
+        if self._closed:
+            raise KeyProcessDied("key service closed")
+        try:
+            parts = ipc.encode_parts(ipc.OPCODES[name], args)
+        except ipc.IpcError as e:
+            # The engine passed something the pipe cannot carry: an engine bug, not a dead
+            # key process; the pipe is still in sync, nothing was written.
+            raise KeyServiceError(suites.INTERNAL_ERROR, f"cannot send {name}: {e}") from None
+        try:
+            ipc.write_parts(self.wfd, parts)
+            frame = self._reader.read()
+        except (OSError, ipc.IpcError) as e:
+            raise self._die(f"key process pipe failed in {name}: {e}") from None
+        if frame is None:
+            raise self._die(f"key process exited during {name}")
+        opcode, value = frame
+        if opcode == ipc.OP_OK:
+            return value
+        if opcode == ipc.OP_ERR and type(value) is tuple and len(value) == 2 \
+                and type(value[0]) is int and type(value[1]) is str:
+            raise KeyServiceError(value[0], value[1])
+        raise self._die(f"key process answered {name} with opcode {opcode}")
+
+    def _die(self, reason: str) -> KeyProcessDied:
+        # After a failure in the middle of a round trip the pipes are out of step for good.
+        self._dead = reason
+        return KeyProcessDied(reason)
+
+    def _check(self, name: str, value: Any, check: Callable[[Any], Any]) -> Any:
+        try:
+            return check(value)
+        except ipc.IpcError as e:
+            raise self._die(f"key process answered {name} wrongly: {e}") from None
+
+    # --- KeyService ---------------------------------------------------------------------------
+    def load(self, paths: Sequence[str]) -> list[Candidate | Unusable]:
+        return self._check("load", self._call("load", (list(paths),)), _candidates)
+
+    def select(self, index: int) -> None:
+        self._check("select", self._call("select", (index,)), _none)
+
+    def sign(self, scheme: int, data: bytes) -> bytes:
+        return self._check("sign", self._call("sign", (scheme, data)), _bytes)
+
+    def key_share(self, group: int, peer_share: bytes | None = None) -> bytes:
+        return self._check("key_share", self._call("key_share", (group, peer_share)), _bytes)
+
+    def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
+                 server_random: bytes, session_hash: bytes | None,
+                 encrypt_then_mac: bool = False) -> None:
+        args = (version, suite, peer_share, client_random, server_random, session_hash,
+                bool(encrypt_then_mac))
+        self._check("derive12", self._call("derive12", args), _none)
+
+    def finished12(self, sender: int, handshake_hash: bytes) -> bytes:
+        return self._check("finished12", self._call("finished12", (sender, handshake_hash)),
+                           _bytes)
+
+    def derive13_handshake(self, suite: int, transcript_hash: bytes) -> None:
+        self._check("derive13_handshake",
+                    self._call("derive13_handshake", (suite, transcript_hash)), _none)
+
+    def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
+        return self._check("finished13", self._call("finished13", (sender, transcript_hash)),
+                           _bytes)
+
+    def derive13_application(self, transcript_hash: bytes) -> None:
+        self._check("derive13_application",
+                    self._call("derive13_application", (transcript_hash,)), _none)
+
+    def key_update(self, direction: int) -> None:
+        self._check("key_update", self._call("key_update", (direction,)), _none)
+
+    def activate(self, direction: int) -> None:
+        self._check("activate", self._call("activate", (direction,)), _none)
+
+    def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
+        return self._check("seal", self._call("seal", (_records(records),)), _bytes)
+
+    def open(self, records: Sequence[bytes]) -> tuple[list[tuple[int, bytes]], int, str]:
+        return self._check("open", self._call("open", (_records(records),)), _opened)
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def close(self, wait: bool = True) -> int | None:
+        """Close our pipe ends (the key process sees EOF and exits). With `wait` and a known
+        pid, reap it: returns its wait status, killing it if it lingers past CLOSE_GRACE."""
+        if not self._closed:
+            self._closed = True
+            for fd in (self.wfd, self.rfd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if not wait or self.pid is None:
+            return None
+        pid, self.pid = self.pid, None
+        deadline = time.monotonic() + CLOSE_GRACE
+        while True:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                return None
+            if done:
+                return status
+            if time.monotonic() >= deadline:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                return os.waitpid(pid, 0)[1]
+            time.sleep(0.002)
+
+    def __enter__(self) -> PipeKeyService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- starting the key process --------------------------------------------------------------------
+
+def _high_fd(fd: int) -> int:
+    """`fd` moved to 3 or above, so that it can never be mistaken for stdin/stdout/stderr
+    (fd 2 stays the key process's log)."""
+    if fd >= 3:
+        return fd
+    new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return new
+
+
+def _parent_death_signal() -> Callable[[], None]:
+    """A function that sets PR_SET_PDEATHSIG to SIGKILL; it is resolved now (ctypes and libc
+    loaded) so that it still works inside the jail, where nothing can be loaded."""
+    try:
+        import ctypes   # imported in the key process only, before its jail
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return lambda: None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return arm
+
+
+def _child_fds(keep: tuple[int, ...]) -> None:
+    """Close every fd but `keep` and 2; 0 and 1 become /dev/null so that a stray print or a
+    later open() can never land on a descriptor someone else reads."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        null = -1
+    for fd in (0, 1):
+        if null >= 0:
+            os.dup2(null, fd)
+        else:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    kept = sorted(set(keep) | {0, 1, 2})
+    lo = 3
+    for fd in kept:
+        if fd >= lo:
+            os.closerange(lo, fd)
+            lo = fd + 1
+    os.closerange(lo, 1 << 20 if (m := os.sysconf("SC_OPEN_MAX")) < 0 else max(m, lo))
+
+
+def _key_process_main(rfd: int, wfd: int, parent: int,
+                      factory: Callable[[Callable[[], None]], Any],
+                      jail: Callable[[], None] | None,
+                      log: Callable[[str], None] | None) -> int:
+    """Runs in the forked child; returns its exit status."""
+    arm = _parent_death_signal()
+    arm()
+    if os.getppid() != parent:      # the network process died before prctl took effect
+        return EXIT_FATAL
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
+                signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)   # the network process's handlers mean nothing here
+    _child_fds((rfd, wfd))
+
+    rearming_jail: Callable[[], None] | None = None
+    if jail is not None:
+        inner = jail
+
+        def rearming_jail() -> None:
+            inner()
+            # Changing uid/gid clears PR_SET_PDEATHSIG (prctl(2)): arm it again, and check
+            # that the network process did not die in between.
+            arm()
+            if os.getppid() != parent:
+                os._exit(EXIT_FATAL)
+
+    service = factory(rearming_jail)
+    try:
+        key_service.serve(rfd, wfd, service, log)
+    except ipc.IpcError as e:
+        if log is not None:
+            log(f"tlswrapper: warning: key process: bad request: {e}")
+        return EXIT_FATAL
+    except OSError:
+        return EXIT_FATAL     # the answer pipe broke: the network process is gone
+    return EXIT_OK
+
+
+def _local_factory(jail: Callable[[], None] | None) -> Any:
+    # Imported here: in the key process after fork (so the network process does not pay for
+    # importing cryptography), before the jail; a parent that imported it already (the
+    # built-in listener) makes this free.
+    from tlswrapper.keys.local import LocalKeyService
+    return LocalKeyService(jail=jail)
+
+
+def start_key_process(jail: Callable[[], None] | None,
+                      factory: Callable[[Callable[[], None] | None], Any] | None = None,
+                      log: Callable[[str], None] | None = key_service._stderr_log,
+                      ) -> tuple[PipeKeyService, int]:
+    """Fork the key process and return (its PipeKeyService, its pid). The key process runs
+    `factory(jail)` (default: LocalKeyService(jail=jail)) and serves it until EOF on its
+    request pipe; it never returns into the caller's code. `log` receives its one-line
+    warnings (None: silent). The caller reaps it (PipeKeyService.close does)."""
+    if factory is None:
+        factory = _local_factory
+    req_r, req_w = (_high_fd(fd) for fd in os.pipe())
+    ans_r, ans_w = (_high_fd(fd) for fd in os.pipe())
+    ipc.enlarge_pipe(req_w)
+    ipc.enlarge_pipe(ans_w)
+    parent = os.getpid()
+    # Flush Python's buffers so the child cannot write out a copy of pending output.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except (OSError, ValueError):
+            pass
+    pid = os.fork()
+    if pid == 0:
+        status = EXIT_FATAL
+        try:
+            os.close(req_w)
+            os.close(ans_r)
+            status = _key_process_main(req_r, ans_w, parent, factory, jail, log)
+        except BaseException as e:   # whatever happens, never unwind into the caller
+            if log is not None:
+                try:
+                    log(f"tlswrapper: warning: key process failed: {type(e).__name__}")
+                except BaseException:
+                    pass
+        finally:
+            os._exit(status)
+    os.close(req_r)
+    os.close(ans_w)
+    return PipeKeyService(ans_r, req_w, pid), pid
