@@ -1,12 +1,823 @@
-"""The TLS server state machine (TLS 1.0-1.3). Rule: sans-IO, every secret behind KeyService.
+"""The TLS server state machine (TLS 1.0-1.3). Rule: sans-IO, and every secret behind KeyService.
 
-API (BearSSL-style, the caller owns all I/O and timing):
+API (BearSSL-style: the caller owns all I/O, timing and back-pressure):
 
     conn = ServerConnection(config, keys)
     events = conn.receive(data)        # bytes from the client; b"" means the transport ended
-    events = conn.choose_certificate(candidates)  # after ClientHelloReceived
+    events = conn.choose_certificate(candidates)  # after ClientHelloReceived (keys.load's answer)
     conn.send(data)                    # application data (after HandshakeComplete)
     conn.close()                       # queue close_notify
     out = conn.outgoing()              # bytes to write to the client (may be b"")
-    conn.handshake_done, conn.closed (fatal error or both sides closed)
+
+The engine never raises for anything the client sends: a bad input becomes ConnectionFailed
+with the RFC's alert queued in outgoing(). The handshake messages a state accepts are listed
+in _EXPECTED; everything else is unexpected_message.
 """
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from enum import Enum, auto
+from secrets import token_bytes
+from typing import Callable, Sequence
+
+from . import messages as m
+from . import suites
+from .config import ServerConfig
+from .events import (AlertReceived, ApplicationData, ClientHelloReceived, ConnectionFailed,
+                     Event, HandshakeComplete, PeerClosed)
+from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
+                     split_fragments)
+from .secrets import (READ, SENDER_CLIENT, SENDER_SERVER, WRITE, Candidate, KeyService,
+                      KeyServiceError, Unusable)
+from .wire import DecodeError, handshake_message
+
+# Bounds against a client that keeps us busy without progress.
+MAX_EMPTY_RECORDS = 32          # consecutive empty application_data records
+MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
+MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
+MAX_OPEN_BATCH = 64             # records per KeyService.open call
+_CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+
+
+class State(Enum):
+    START = auto()              # waiting for ClientHello
+    CHOOSE_CERTIFICATE = auto()  # ClientHello reported, waiting for choose_certificate()
+    WAIT_CLIENT_HELLO_2 = auto()  # 1.3: HelloRetryRequest sent
+    WAIT_CLIENT_KEY_EXCHANGE = auto()  # 1.2
+    WAIT_CHANGE_CIPHER_SPEC = auto()   # 1.2
+    WAIT_FINISHED = auto()      # 1.2 and 1.3
+    CONNECTED = auto()
+    FAILED = auto()
+
+
+# Handshake messages accepted in each state; anything else is unexpected_message.
+_EXPECTED: dict[tuple[State, bool], frozenset[int]] = {
+    (State.START, False): frozenset({suites.HS_CLIENT_HELLO}),
+    (State.WAIT_CLIENT_HELLO_2, True): frozenset({suites.HS_CLIENT_HELLO}),
+    (State.WAIT_CLIENT_KEY_EXCHANGE, False): frozenset({suites.HS_CLIENT_KEY_EXCHANGE}),
+    (State.WAIT_FINISHED, False): frozenset({suites.HS_FINISHED}),
+    (State.WAIT_FINISHED, True): frozenset({suites.HS_FINISHED}),
+    (State.CONNECTED, True): frozenset({suites.HS_KEY_UPDATE}),
+    # TLS 1.2 renegotiation: a ClientHello is answered with no_renegotiation (RFC 5746).
+    (State.CONNECTED, False): frozenset({suites.HS_CLIENT_HELLO}),
+}
+
+
+class _Abort(Exception):
+    """Internal: end the connection with this alert."""
+
+    def __init__(self, alert: int, reason: str) -> None:
+        super().__init__(reason)
+        self.alert = alert
+        self.reason = reason
+
+
+class ServerConnection:
+    def __init__(self, config: ServerConfig, keys: KeyService,
+                 random: Callable[[int], bytes] = token_bytes) -> None:
+        self.config = config
+        self.keys = keys
+        self._random = random
+        self.state = State.START
+        self._reader = RecordReader()
+        self._handshake = HandshakeReassembler()
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._protected_read = False
+        self._protected_write = False
+        self._transcript: list[bytes] = []
+        self._record_version = suites.TLS12 if config.version_max >= suites.TLS12 \
+            else config.version_max
+        # negotiated
+        self.version: int | None = None
+        self.suite: suites.CipherSuite | None = None
+        self.group: int | None = None
+        self.scheme: int | None = None
+        self.sni: str | None = None
+        self.client_hello: m.ClientHello | None = None
+        self._client_info: ClientHelloReceived | None = None
+        self._hrr_sent = False
+        self._ccs_sent = False
+        self._client_random = b""
+        self._server_random = b""
+        self._ems = False
+        self._expected_client_finished = b""
+        self._early_data_offered = False
+        self._skipped_early_data = 0
+        self._empty_records = 0
+        self._warnings = 0
+        self._groups: tuple[int, ...] = ()
+        self._schemes: tuple[int, ...] = ()
+        self._shares: tuple[tuple[int, bytes], ...] = ()
+        self._secure_renegotiation = False
+        self._point_formats: bytes | None = None
+        self._candidate: Candidate | None = None
+        self.peer_closed = False
+        self.local_closed = False
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def handshake_done(self) -> bool:
+        return self.state is State.CONNECTED
+
+    @property
+    def failed(self) -> bool:
+        return self.state is State.FAILED
+
+    def outgoing(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def receive(self, data: bytes) -> list[Event]:
+        if self.state is State.FAILED:
+            return []
+        try:
+            if not data:
+                self._transport_ended()
+            else:
+                if self.peer_closed:
+                    return []   # RFC 8446 6.1: data after close_notify is ignored
+                self._reader.feed(data)
+                self._process_records()
+        except _Abort as e:
+            self._fail(e.alert, e.reason)
+        except DecodeError as e:
+            self._fail(e.alert, e.reason)
+        except KeyServiceError as e:
+            self._fail(e.alert, e.reason)
+        return self._take_events()
+
+    def choose_certificate(self, candidates: Sequence[Candidate | Unusable]) -> list[Event]:
+        """Continue the handshake with the first candidate that fits the client's offer."""
+        if self.state is not State.CHOOSE_CERTIFICATE:
+            return self._take_events()
+        try:
+            self._choose(candidates)
+            self._process_records()   # the client may have sent more already
+        except _Abort as e:
+            self._fail(e.alert, e.reason)
+        except DecodeError as e:
+            self._fail(e.alert, e.reason)
+        except KeyServiceError as e:
+            self._fail(e.alert, e.reason)
+        return self._take_events()
+
+    def send(self, data: bytes) -> None:
+        """Queue application data (only once the handshake is complete)."""
+        if self.state is not State.CONNECTED or self.local_closed or not data:
+            return
+        self._out.append(self.keys.seal(
+            [(suites.APPLICATION_DATA, f) for f in split_fragments(data)]))
+
+    def close(self) -> None:
+        """Queue close_notify; nothing is sent after it."""
+        if self.local_closed or self.state is State.FAILED:
+            return
+        self.local_closed = True
+        self._send_alert(1, suites.CLOSE_NOTIFY)
+
+    # ------------------------------------------------------------------ plumbing
+    def _take_events(self) -> list[Event]:
+        events, self._events = self._events, []
+        return events
+
+    def _fail(self, alert: int, reason: str) -> None:
+        if self.state is State.FAILED:
+            return
+        try:
+            self._send_alert(2, alert)
+        except KeyServiceError:
+            pass
+        self.state = State.FAILED
+        self._events.append(ConnectionFailed(alert, reason))
+
+    def _send_alert(self, level: int, description: int) -> None:
+        body = bytes((level, description))
+        if self._protected_write:
+            self._out.append(self.keys.seal([(suites.ALERT, body)]))
+        else:
+            self._out.append(record_header(suites.ALERT, self._record_version, 2) + body)
+
+    def _send_handshake(self, messages: Sequence[bytes]) -> None:
+        """Send whole handshake messages, coalesced into as few records as possible."""
+        data = b"".join(messages)
+        if self._protected_write:
+            self._out.append(self.keys.seal(
+                [(suites.HANDSHAKE, f) for f in split_fragments(data)]))
+        else:
+            self._out.append(plaintext_records(suites.HANDSHAKE, self._record_version, data))
+
+    def _send_change_cipher_spec(self) -> None:
+        self._out.append(record_header(suites.CHANGE_CIPHER_SPEC, self._record_version, 1)
+                         + b"\x01")
+
+    def _hash_name(self) -> str:
+        return self.suite.prf_hash if self.suite else "sha256"
+
+    def _transcript_hash(self) -> bytes:
+        if self.version is not None and self.version < suites.TLS12:
+            md5, sha1 = hashlib.md5(), hashlib.sha1()
+            for msg in self._transcript:
+                md5.update(msg)
+                sha1.update(msg)
+            return md5.digest() + sha1.digest()
+        h = hashlib.new(self._hash_name())
+        for msg in self._transcript:
+            h.update(msg)
+        return h.digest()
+
+    def _transport_ended(self) -> None:
+        if self.peer_closed:
+            return
+        self.peer_closed = True
+        if self.state is State.CONNECTED:
+            self._events.append(PeerClosed(clean=False))
+        else:
+            self.state = State.FAILED
+            self._events.append(ConnectionFailed(
+                None, "client closed the connection during the handshake"))
+
+    # ------------------------------------------------------------------ records in
+    def _process_records(self) -> None:
+        while self.state not in (State.FAILED, State.CHOOSE_CERTIFICATE) and not self.peer_closed:
+            if self._protected_read and self._reader.peek_type() == suites.APPLICATION_DATA \
+                    and self.state is State.CONNECTED:
+                if not self._open_batch():
+                    return
+                continue
+            got = self._reader.next_record()
+            if got is None:
+                return
+            content_type, record = got
+            self._one_record(content_type, record)
+
+    def _open_batch(self) -> bool:
+        """Open consecutive protected application_data-typed records in one KeyService call."""
+        batch: list[bytes] = []
+        while len(batch) < MAX_OPEN_BATCH and \
+                self._reader.peek_type() == suites.APPLICATION_DATA:
+            got = self._reader.next_record()
+            if got is None:
+                break
+            batch.append(got[1])
+        if not batch:
+            return False
+        while batch:
+            results, alert, reason = self.keys.open(batch)
+            for content_type, plaintext in results:
+                self._inner_record(content_type, plaintext)
+                if self.state is State.FAILED or self.peer_closed:
+                    return False
+            if alert:
+                raise _Abort(alert, reason)
+            batch = batch[len(results):]
+        return True
+
+    def _one_record(self, content_type: int, record: bytes) -> None:
+        fragment = record[5:]
+        if content_type == suites.CHANGE_CIPHER_SPEC:
+            self._change_cipher_spec(fragment)
+            return
+        if not self._protected_read:
+            if content_type == suites.APPLICATION_DATA and self._early_data_offered \
+                    and self.state is State.WAIT_CLIENT_HELLO_2:
+                # RFC 8446 4.2.10: 0-RTT sent before our HelloRetryRequest is skipped.
+                self._skipped_early_data += len(fragment)
+                if self._skipped_early_data <= MAX_SKIPPED_EARLY_DATA:
+                    return
+            self._inner_record(content_type, fragment)
+            return
+        if self.version == suites.TLS13:
+            if content_type == suites.ALERT and len(fragment) == 2:
+                # A client that could not derive our keys answers in the clear.
+                self._inner_record(content_type, fragment)
+                return
+            if content_type != suites.APPLICATION_DATA:
+                raise _Abort(suites.UNEXPECTED_MESSAGE,
+                             "unprotected record after the handshake keys were set")
+        results, alert, reason = self.keys.open([record])
+        if alert:
+            if self._may_skip_early_data(record):
+                return
+            raise _Abort(alert, reason)
+        self._early_data_offered = False   # the first record that opens ends 0-RTT skipping
+        for inner_type, plaintext in results:
+            self._inner_record(inner_type, plaintext)
+
+    def _may_skip_early_data(self, record: bytes) -> bool:
+        """RFC 8446 4.2.10: a server that rejects 0-RTT skips records it cannot open, up to a
+        bound, until the client's Finished opens with the handshake key."""
+        if self._early_data_offered and self.state is State.WAIT_FINISHED:
+            self._skipped_early_data += len(record) - 5
+            return self._skipped_early_data <= MAX_SKIPPED_EARLY_DATA
+        return False
+
+    def _change_cipher_spec(self, fragment: bytes) -> None:
+        if fragment != b"\x01":
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "malformed change_cipher_spec")
+        if not self._handshake.empty():
+            raise _Abort(suites.UNEXPECTED_MESSAGE,
+                         "change_cipher_spec inside a fragmented handshake message")
+        if self.version == suites.TLS13 and self.state in (
+                State.WAIT_CLIENT_HELLO_2, State.WAIT_FINISHED):
+            return   # RFC 8446 5: the middlebox-compatibility record, dropped
+        if self.version != suites.TLS13 and self.state is State.WAIT_CHANGE_CIPHER_SPEC:
+            self.keys.activate(READ)
+            self._protected_read = True
+            self._reader.limit = suites.MAX_CIPHERTEXT_12
+            self.state = State.WAIT_FINISHED
+            return
+        raise _Abort(suites.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec")
+
+    def _inner_record(self, content_type: int, plaintext: bytes) -> None:
+        if len(plaintext) > suites.MAX_PLAINTEXT:
+            raise _Abort(suites.RECORD_OVERFLOW, "record plaintext over 2^14 bytes")
+        if content_type != suites.HANDSHAKE and not self._handshake.empty():
+            raise _Abort(suites.UNEXPECTED_MESSAGE,
+                         "record interleaved with a fragmented handshake message")
+        if content_type == suites.APPLICATION_DATA:
+            self._application_data(plaintext)
+        elif content_type == suites.HANDSHAKE:
+            self._handshake_fragment(plaintext)
+        elif content_type == suites.ALERT:
+            self._alert(plaintext)
+        else:
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "change_cipher_spec inside protection")
+
+    def _application_data(self, data: bytes) -> None:
+        if self.state is not State.CONNECTED:
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "application data before the handshake")
+        if not data:
+            self._empty_records += 1
+            if self._empty_records > MAX_EMPTY_RECORDS:
+                raise _Abort(suites.UNEXPECTED_MESSAGE, "too many empty records")
+            return
+        self._empty_records = 0
+        self._events.append(ApplicationData(data))
+
+    def _alert(self, fragment: bytes) -> None:
+        alert = m.parse_alert(fragment)
+        if alert.description == suites.CLOSE_NOTIFY:
+            self.peer_closed = True
+            if self.state is State.CONNECTED:
+                self._events.append(PeerClosed(clean=True))
+            else:
+                self.state = State.FAILED
+                self._events.append(ConnectionFailed(None, "client sent close_notify during "
+                                                     "the handshake"))
+            return
+        self._events.append(AlertReceived(alert.level, alert.description))
+        name = suites.ALERT_NAMES.get(alert.description, str(alert.description))
+        # TLS 1.3 6.2: every alert but close_notify and user_canceled is fatal. TLS 1.2:
+        # warnings are tolerated (a bounded number).
+        warning = alert.level == 1 and (self.version != suites.TLS13
+                                        or alert.description == suites.USER_CANCELED)
+        if warning:
+            self._warnings += 1
+            if self._warnings > MAX_WARNING_ALERTS:
+                raise _Abort(suites.UNEXPECTED_MESSAGE, "too many warning alerts")
+            return
+        self.state = State.FAILED
+        self._events.append(ConnectionFailed(None, f"client sent alert {name}"))
+
+    def _handshake_fragment(self, fragment: bytes) -> None:
+        self._handshake.feed(fragment)
+        while self.state not in (State.FAILED, State.CHOOSE_CERTIFICATE):
+            got = self._handshake.next_message()
+            if got is None:
+                return
+            msg_type, body, whole = got
+            tls13 = self.version == suites.TLS13
+            if msg_type not in _EXPECTED.get((self.state, tls13), ()):
+                raise _Abort(suites.UNEXPECTED_MESSAGE,
+                             f"unexpected handshake message {msg_type} in {self.state.name}")
+            self._handshake_message(msg_type, body, whole)
+
+    def _require_record_boundary(self, what: str) -> None:
+        # RFC 8446 5.1: messages before a key change must end at a record boundary.
+        if not self._handshake.empty():
+            raise _Abort(suites.UNEXPECTED_MESSAGE, f"data after {what} in the same record")
+
+    def _handshake_message(self, msg_type: int, body: bytes, whole: bytes) -> None:
+        state = self.state
+        if msg_type == suites.HS_CLIENT_HELLO:
+            if state is State.CONNECTED:
+                # RFC 5746: we never renegotiate; a warning lets the client carry on.
+                self._warnings += 1
+                if self._warnings > MAX_WARNING_ALERTS:
+                    raise _Abort(suites.UNEXPECTED_MESSAGE, "too many renegotiation attempts")
+                self._send_alert(1, suites.NO_RENEGOTIATION)
+                return
+            if state is State.START:
+                self._client_hello(body, whole)
+            else:
+                self._client_hello_2(body, whole)
+        elif msg_type == suites.HS_CLIENT_KEY_EXCHANGE:
+            self._client_key_exchange(body, whole)
+        elif msg_type == suites.HS_FINISHED:
+            self._finished(body, whole)
+        elif msg_type == suites.HS_KEY_UPDATE:
+            self._key_update(body)
+
+    # ------------------------------------------------------------------ ClientHello
+    def _client_hello(self, body: bytes, whole: bytes) -> None:
+        self._require_record_boundary("ClientHello")
+        hello = m.parse_client_hello(body)
+        self.client_hello = hello
+        self._transcript.append(whole)
+        self._client_random = hello.random
+        version = self._negotiate_version(hello)
+        self.version = version
+        self._record_version = min(version, suites.TLS12)
+        if suites.TLS_FALLBACK_SCSV in hello.cipher_suites and version < self.config.version_max:
+            raise _Abort(suites.INAPPROPRIATE_FALLBACK,
+                         "client fell back to a lower version than both support")
+        if version == suites.TLS13:
+            if hello.compression_methods != b"\x00":
+                raise _Abort(suites.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello with compression")
+        elif 0 not in hello.compression_methods:
+            raise _Abort(suites.HANDSHAKE_FAILURE, "client offers no null compression")
+        raw = hello.extension(suites.EXT_SERVER_NAME)
+        self.sni = m.parse_server_name(raw) if raw is not None else None
+        groups_raw = hello.extension(suites.EXT_SUPPORTED_GROUPS)
+        groups = m.parse_supported_groups(groups_raw) if groups_raw is not None else ()
+        schemes_raw = hello.extension(suites.EXT_SIGNATURE_ALGORITHMS)
+        schemes = m.parse_signature_algorithms(schemes_raw) if schemes_raw is not None else ()
+        shares_raw = hello.extension(suites.EXT_KEY_SHARE)
+        shares = m.parse_key_share_client(shares_raw) if shares_raw is not None else ()
+        versions_raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
+        versions = m.parse_supported_versions_client(versions_raw) \
+            if versions_raw is not None else (hello.legacy_version,)
+        if version == suites.TLS13:
+            self._check_client_hello_13(hello, groups_raw, schemes_raw, shares_raw, shares)
+        else:
+            self._check_client_hello_12(hello)
+        self._groups = groups
+        self._schemes = schemes
+        self._shares = shares
+        self._client_info = ClientHelloReceived(
+            sni=self.sni, versions=tuple(versions), cipher_suites=hello.cipher_suites,
+            groups=tuple(groups), signature_schemes=tuple(schemes),
+            key_share_groups=tuple(g for g, _ in shares))
+        self.state = State.CHOOSE_CERTIFICATE
+        self._events.append(self._client_info)
+
+    def _negotiate_version(self, hello: m.ClientHello) -> int:
+        cfg = self.config
+        raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
+        if raw is not None and cfg.version_max >= suites.TLS13:
+            # RFC 8446 4.2.1: with supported_versions, only it counts.
+            offered = m.parse_supported_versions_client(raw)
+            for v in sorted(set(offered), reverse=True):
+                if cfg.version_min <= v <= cfg.version_max:
+                    return v
+            raise _Abort(suites.PROTOCOL_VERSION, "no protocol version in common; client "
+                         "offers " + ",".join(suites.VERSION_LABELS.get(v, hex(v))
+                                              for v in offered))
+        legacy = hello.legacy_version
+        if legacy < suites.TLS10:
+            raise _Abort(suites.PROTOCOL_VERSION, f"client offers version {legacy:#06x}")
+        version = min(legacy, cfg.version_max, suites.TLS12)
+        if version < cfg.version_min:
+            raise _Abort(suites.PROTOCOL_VERSION,
+                         f"client's highest version {suites.VERSION_LABELS.get(legacy, hex(legacy))}"
+                         " is below the configured minimum")
+        return version
+
+    def _check_client_hello_13(self, hello: m.ClientHello, groups_raw: bytes | None,
+                               schemes_raw: bytes | None, shares_raw: bytes | None,
+                               shares: Sequence[tuple[int, bytes]]) -> None:
+        # RFC 8446 9.2: what a TLS 1.3 ClientHello without PSK must carry.
+        if schemes_raw is None:
+            raise _Abort(suites.MISSING_EXTENSION, "TLS 1.3 ClientHello without "
+                         "signature_algorithms")
+        if groups_raw is None or shares_raw is None:
+            raise _Abort(suites.MISSING_EXTENSION, "TLS 1.3 ClientHello without "
+                         "supported_groups and key_share")
+        groups = m.parse_supported_groups(groups_raw)
+        seen: set[int] = set()
+        for group, share in shares:
+            if group in seen:
+                raise _Abort(suites.ILLEGAL_PARAMETER, "two key shares for one group")
+            if group not in groups:
+                raise _Abort(suites.ILLEGAL_PARAMETER, "key share for a group not in "
+                             "supported_groups")
+            seen.add(group)
+        self._early_data_offered = hello.extension(suites.EXT_EARLY_DATA) is not None
+        psk = hello.extension(suites.EXT_PRE_SHARED_KEY)
+        if psk is not None:
+            m.parse_pre_shared_key_client(psk)   # well-formed, then ignored: full handshake
+            if hello.extension(suites.EXT_PSK_KEY_EXCHANGE_MODES) is None:
+                raise _Abort(suites.MISSING_EXTENSION, "pre_shared_key without "
+                             "psk_key_exchange_modes")
+
+    def _check_client_hello_12(self, hello: m.ClientHello) -> None:
+        raw = hello.extension(suites.EXT_RENEGOTIATION_INFO)
+        if raw is not None and m.parse_renegotiation_info(raw) != b"":
+            raise _Abort(suites.HANDSHAKE_FAILURE, "renegotiation_info not empty in the "
+                         "initial handshake")
+        self._secure_renegotiation = raw is not None or \
+            suites.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
+        self._ems = hello.extension(suites.EXT_EXTENDED_MASTER_SECRET) is not None
+        raw = hello.extension(suites.EXT_EC_POINT_FORMATS)
+        self._point_formats = m.parse_ec_point_formats(raw) if raw is not None else None
+
+    # ------------------------------------------------------------------ choice
+    def _choose(self, candidates: Sequence[Candidate | Unusable]) -> None:
+        if self.version == suites.TLS13:
+            self._choose_13(candidates)
+        else:
+            self._choose_12(candidates)
+
+    def _pick_suite(self, offered: Sequence[int], usable: Sequence[int]) -> int | None:
+        if self.config.server_preference:
+            for code in usable:
+                if code in offered:
+                    return code
+            return None
+        usable_set = set(usable)
+        for code in offered:
+            if code in usable_set:
+                return code
+        return None
+
+    def _usable_candidates(self, candidates: Sequence[Candidate | Unusable]) \
+            -> list[tuple[int, Candidate]]:
+        usable = [(i, c) for i, c in enumerate(candidates) if isinstance(c, Candidate)]
+        if not usable:
+            reasons = "; ".join(c.reason for c in candidates if isinstance(c, Unusable))
+            raise _Abort(suites.INTERNAL_ERROR,
+                         "no usable certificate" + (f" ({reasons})" if reasons else ""))
+        return usable
+
+    def _choose_13(self, candidates: Sequence[Candidate | Unusable]) -> None:
+        hello = self.client_hello
+        suite = self._pick_suite(hello.cipher_suites, self.config.suite_codes(suites.TLS13))
+        if suite is None:
+            raise _Abort(suites.HANDSHAKE_FAILURE, "no cipher suite in common")
+        chosen = None
+        for index, cand in self._usable_candidates(candidates):
+            scheme = next((s for s in suites.SCHEMES_13.get(cand.key_type, ())
+                           if s in self._schemes), None)
+            if scheme is not None:
+                chosen = (index, cand, scheme)
+                break
+        if chosen is None:
+            raise _Abort(suites.HANDSHAKE_FAILURE, "no certificate fits the client's "
+                         "signature algorithms")
+        index, cand, scheme = chosen
+        enabled = self.config.group_codes
+        shared = {g: s for g, s in self._shares}
+        group = next((g for g in enabled if g in shared), None)
+        self.suite = suites.SUITES[suite]
+        self.scheme = scheme
+        self._candidate = cand
+        self.keys.select(index)
+        if group is None:
+            group = next((g for g in enabled if g in self._groups), None)
+            if group is None:
+                raise _Abort(suites.HANDSHAKE_FAILURE, "no key exchange group in common")
+            self.group = group
+            self._send_hello_retry_request()
+            return
+        self.group = group
+        self._server_flight_13(shared[group])
+
+    def _choose_12(self, candidates: Sequence[Candidate | Unusable]) -> None:
+        hello = self.client_hello
+        version = self.version
+        enabled_groups = [g for g in self.config.group_codes if g not in suites.TLS13_ONLY_GROUPS]
+        if self._groups:
+            group = next((g for g in enabled_groups if g in self._groups), None)
+        else:
+            # RFC 8422 4: without supported_groups any curve may be used; P-256 is safest.
+            group = suites.SECP256R1 if suites.SECP256R1 in enabled_groups else \
+                next(iter(enabled_groups), None)
+        if group is None:
+            raise _Abort(suites.HANDSHAKE_FAILURE, "no elliptic curve in common")
+        if self._point_formats is not None and 0 not in self._point_formats:
+            raise _Abort(suites.ILLEGAL_PARAMETER, "client does not accept uncompressed points")
+        # RFC 5246 7.4.1.4.1: without signature_algorithms, SHA-1 is assumed.
+        schemes = self._schemes or (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
+        if version < suites.TLS12:
+            schemes = (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
+        enabled = self.config.suite_codes(version)
+        chosen = None
+        for index, cand in self._usable_candidates(candidates):
+            auth = "rsa" if cand.key_type == suites.KEY_RSA else "ecdsa"
+            usable = [c for c in enabled if suites.SUITES[c].auth == auth]
+            suite = self._pick_suite(hello.cipher_suites, usable)
+            scheme = next((s for s in suites.SCHEMES_12.get(cand.key_type, ())
+                           if s in schemes), None)
+            if suite is not None and scheme is not None:
+                chosen = (index, cand, suite, scheme)
+                break
+        if chosen is None:
+            raise _Abort(suites.HANDSHAKE_FAILURE, "no certificate and cipher suite fit the "
+                         "client's offer")
+        index, cand, suite, scheme = chosen
+        if version < suites.TLS12:
+            scheme = suites.LEGACY_RSA_MD5_SHA1 if cand.key_type == suites.KEY_RSA \
+                else suites.LEGACY_ECDSA_SHA1
+        self.suite = suites.SUITES[suite]
+        self.group = group
+        self.scheme = scheme
+        self._candidate = cand
+        self.keys.select(index)
+        self._server_flight_12()
+
+    # ------------------------------------------------------------------ TLS 1.3
+    def _make_server_random(self) -> bytes:
+        random = self._random(32)
+        cfg = self.config
+        if self.version == suites.TLS12 and cfg.version_max >= suites.TLS13:
+            random = random[:24] + suites.DOWNGRADE_TLS12
+        elif self.version is not None and self.version < suites.TLS12 \
+                and cfg.version_max >= suites.TLS12:
+            random = random[:24] + suites.DOWNGRADE_TLS11
+        return random
+
+    def _send_hello_retry_request(self) -> None:
+        hello = self.client_hello
+        hrr = m.ServerHello(
+            legacy_version=suites.TLS12, random=suites.HRR_RANDOM,
+            session_id=hello.session_id, cipher_suite=self.suite.code,
+            extensions=(
+                m.Extension(suites.EXT_SUPPORTED_VERSIONS,
+                            m.build_supported_versions_server(suites.TLS13)),
+                m.Extension(suites.EXT_KEY_SHARE, m.build_key_share_hrr(self.group)),
+            ))
+        # RFC 8446 4.4.1: the first ClientHello is replaced by its hash.
+        ch1_hash = hashlib.new(self._hash_name(), self._transcript[0]).digest()
+        self._transcript = [bytes((suites.HS_MESSAGE_HASH, 0, 0, len(ch1_hash))) + ch1_hash]
+        msg = handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(hrr))
+        self._transcript.append(msg)
+        self._send_handshake([msg])
+        self._hrr_sent = True
+        if hello.session_id:
+            self._send_change_cipher_spec()
+            self._ccs_sent = True
+        self.state = State.WAIT_CLIENT_HELLO_2
+
+    def _client_hello_2(self, body: bytes, whole: bytes) -> None:
+        self._require_record_boundary("ClientHello")
+        hello = m.parse_client_hello(body)
+        first = self.client_hello
+        raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
+        if raw is None or suites.TLS13 not in m.parse_supported_versions_client(raw):
+            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello without TLS 1.3")
+        if hello.cipher_suites != first.cipher_suites or hello.random != first.random \
+                or hello.session_id != first.session_id:
+            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello differs from the first")
+        raw = hello.extension(suites.EXT_KEY_SHARE)
+        shares = m.parse_key_share_client(raw) if raw is not None else ()
+        # RFC 8446 4.2.8: exactly one share, for the group we asked for.
+        if len(shares) != 1 or shares[0][0] != self.group:
+            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello without the key share "
+                         "we asked for")
+        if hello.extension(suites.EXT_EARLY_DATA) is not None:
+            raise _Abort(suites.ILLEGAL_PARAMETER, "early_data in the second ClientHello")
+        self._early_data_offered = False
+        self.client_hello = hello
+        self._transcript.append(whole)
+        self._server_flight_13(shares[0][1])
+
+    def _server_flight_13(self, peer_share: bytes) -> None:
+        hello = self.client_hello
+        expected = suites.KEY_SHARE_SIZES[self.group][0]
+        if len(peer_share) != expected:
+            raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(peer_share)} bytes for "
+                         f"group {suites.GROUP_LABELS[self.group]}")
+        our_share = self.keys.key_share(self.group, peer_share)
+        self._server_random = self._random(32)
+        server_hello = m.ServerHello(
+            legacy_version=suites.TLS12, random=self._server_random,
+            session_id=hello.session_id, cipher_suite=self.suite.code,
+            extensions=(
+                m.Extension(suites.EXT_SUPPORTED_VERSIONS,
+                            m.build_supported_versions_server(suites.TLS13)),
+                m.Extension(suites.EXT_KEY_SHARE,
+                            m.build_key_share_server(self.group, our_share)),
+            ))
+        msg = handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(server_hello))
+        self._transcript.append(msg)
+        self._send_handshake([msg])
+        if hello.session_id and not self._ccs_sent:
+            # RFC 8446 D.4: middlebox compatibility mode.
+            self._send_change_cipher_spec()
+            self._ccs_sent = True
+        self.keys.derive13_handshake(self.suite.code, self._transcript_hash())
+        self.keys.activate(WRITE)
+        self.keys.activate(READ)
+        self._protected_write = self._protected_read = True
+        self._reader.limit = suites.MAX_CIPHERTEXT_13
+
+        flight = []
+        ee = handshake_message(suites.HS_ENCRYPTED_EXTENSIONS,
+                               m.build_encrypted_extensions(m.EncryptedExtensions(())))
+        flight.append(ee)
+        self._transcript.append(ee)
+        cert = handshake_message(suites.HS_CERTIFICATE, m.build_certificate13(
+            m.Certificate13(b"", tuple((der, b"") for der in self._candidate.chain))))
+        flight.append(cert)
+        self._transcript.append(cert)
+        content = (b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00"
+                   + self._transcript_hash())
+        signature = self.keys.sign(self.scheme, content)
+        cv = handshake_message(suites.HS_CERTIFICATE_VERIFY, m.build_certificate_verify(
+            m.CertificateVerify(self.scheme, signature)))
+        flight.append(cv)
+        self._transcript.append(cv)
+        verify_data = self.keys.finished13(SENDER_SERVER, self._transcript_hash())
+        fin = handshake_message(suites.HS_FINISHED, m.build_finished(m.Finished(verify_data)))
+        flight.append(fin)
+        self._transcript.append(fin)
+        self._send_handshake(flight)
+        th = self._transcript_hash()
+        self._expected_client_finished = self.keys.finished13(SENDER_CLIENT, th)
+        self.keys.derive13_application(th)
+        self.keys.activate(WRITE)
+        self.state = State.WAIT_FINISHED
+
+    def _key_update(self, body: bytes) -> None:
+        self._require_record_boundary("KeyUpdate")
+        update = m.parse_key_update(body)
+        self.keys.key_update(READ)
+        if update.request_update == 1 and not self.local_closed:
+            # RFC 8446 4.6.3: answer with update_not_requested, then switch our keys.
+            self._send_handshake([handshake_message(
+                suites.HS_KEY_UPDATE, m.build_key_update(m.KeyUpdate(0)))])
+            self.keys.key_update(WRITE)
+
+    # ------------------------------------------------------------------ TLS 1.2
+    def _server_flight_12(self) -> None:
+        hello = self.client_hello
+        self._server_random = self._make_server_random()
+        extensions = []
+        if self._secure_renegotiation:
+            extensions.append(m.Extension(suites.EXT_RENEGOTIATION_INFO,
+                                          m.build_renegotiation_info(b"")))
+        if self._ems:
+            extensions.append(m.Extension(suites.EXT_EXTENDED_MASTER_SECRET, b""))
+        if self._point_formats is not None:
+            extensions.append(m.Extension(suites.EXT_EC_POINT_FORMATS,
+                                          m.build_ec_point_formats(b"\x00")))
+        # An empty session_id: we never resume (RFC 5246 7.4.1.3).
+        server_hello = m.ServerHello(
+            legacy_version=self.version, random=self._server_random, session_id=b"",
+            cipher_suite=self.suite.code, extensions=tuple(extensions))
+        flight = [handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(server_hello)),
+                  handshake_message(suites.HS_CERTIFICATE, m.build_certificate12(
+                      m.Certificate12(tuple(self._candidate.chain))))]
+        public = self.keys.key_share(self.group)
+        params = m.ecdhe_params(self.group, public)
+        signature = self.keys.sign(self.scheme, self._client_random + self._server_random
+                                   + params)
+        wire_scheme = self.scheme if self.version >= suites.TLS12 else None
+        flight.append(handshake_message(suites.HS_SERVER_KEY_EXCHANGE,
+                                        m.build_server_key_exchange(m.ServerKeyExchangeECDHE(
+                                            self.group, public, wire_scheme, signature))))
+        flight.append(handshake_message(suites.HS_SERVER_HELLO_DONE,
+                                        m.build_server_hello_done()))
+        self._transcript.extend(flight)
+        self._send_handshake(flight)
+        self.state = State.WAIT_CLIENT_KEY_EXCHANGE
+
+    def _client_key_exchange(self, body: bytes, whole: bytes) -> None:
+        cke = m.parse_client_key_exchange(body)
+        if len(cke.public) != suites.KEY_SHARE_SIZES[self.group][0]:
+            raise _Abort(suites.ILLEGAL_PARAMETER, "client key share of the wrong size")
+        self._transcript.append(whole)
+        session_hash = self._transcript_hash() if self._ems else None
+        self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
+                           self._server_random, session_hash)
+        self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
+                                                              self._transcript_hash())
+        self.state = State.WAIT_CHANGE_CIPHER_SPEC
+
+    # ------------------------------------------------------------------ Finished
+    def _finished(self, body: bytes, whole: bytes) -> None:
+        self._require_record_boundary("Finished")
+        fin = m.parse_finished(body, len(self._expected_client_finished))
+        if not hmac.compare_digest(fin.verify_data, self._expected_client_finished):
+            raise _Abort(suites.DECRYPT_ERROR, "client Finished does not verify")
+        self._transcript.append(whole)
+        if self.version == suites.TLS13:
+            self.keys.activate(READ)
+        else:
+            self._send_change_cipher_spec()
+            self.keys.activate(WRITE)
+            self._protected_write = True
+            verify_data = self.keys.finished12(SENDER_SERVER, self._transcript_hash())
+            self._send_handshake([handshake_message(
+                suites.HS_FINISHED, m.build_finished(m.Finished(verify_data)))])
+        self._early_data_offered = False
+        self.state = State.CONNECTED
+        self._transcript = []
+        self._events.append(HandshakeComplete(
+            version=self.version, cipher_suite=self.suite.code, cipher=self.suite.name,
+            group=suites.GROUP_LABELS[self.group], sni=self.sni, signature_scheme=self.scheme,
+            version_name=suites.VERSION_LABELS[self.version]))
