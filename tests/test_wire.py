@@ -48,6 +48,13 @@ def test_every_read_on_empty_input_is_a_decode_error(method: str) -> None:
     assert info.value.alert == suites.DECODE_ERROR
 
 
+def test_reader_reads_signed_and_char_views_as_unsigned_bytes() -> None:
+    data = bytearray(b"\xff\x80\x01")
+    for view in (memoryview(data).cast("b"), memoryview(data).cast("c")):
+        r = Reader(view)
+        assert (r.u8(), r.u16()) == (0xFF, 0x8001)
+
+
 def test_raw_refuses_negative_and_excess_lengths() -> None:
     r = Reader(b"abc")
     with pytest.raises(DecodeError):

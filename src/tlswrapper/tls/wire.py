@@ -23,13 +23,17 @@ class DecodeError(Exception):
 
 
 class Reader:
-    """A cursor over bytes, bounded to [pos, end); sub-readers share the buffer, never copy it."""
+    """A cursor over bytes, bounded to [pos, end); sub-readers share the buffer, never copy it.
+
+    Values returned are bytes copies. A Reader over a bytearray pins it (no resizing) while the
+    Reader, or a traceback holding it, lives: pass bytes or a slice copy if that matters."""
 
     __slots__ = ("_buf", "_pos", "_end")
 
     def __init__(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
-        if view.ndim != 1 or view.itemsize != 1:
+        # Index as unsigned bytes whatever the caller's buffer format ('b', 'c', 2-D...).
+        if view.format != "B" or view.ndim != 1:
             view = view.cast("B")
         self._buf = view
         self._pos = 0
