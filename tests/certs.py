@@ -19,14 +19,13 @@ import datetime
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-PrivateKey = Union[ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey]
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 # name -> (kind, parameter); the names are the server file names without ".pem"
 SERVER_KEY_TYPES: dict[str, tuple[str, object]] = {
@@ -46,8 +45,8 @@ def generate_key(key_type: str) -> PrivateKey:
     key_type = {"ecdsa": "ecdsa-p256", "rsa": "rsa-2048"}.get(key_type, key_type)
     kind, param = SERVER_KEY_TYPES[key_type]
     if kind == "ec":
-        return ec.generate_private_key(param)  # type: ignore[arg-type]
-    return rsa.generate_private_key(public_exponent=65537, key_size=param)  # type: ignore[arg-type]
+        return ec.generate_private_key(param)
+    return rsa.generate_private_key(public_exponent=65537, key_size=param)
 
 
 def key_pem(key: PrivateKey, key_format: str = "pkcs8") -> bytes:
@@ -104,7 +103,7 @@ def _name(common_name: str, email: str | None = None) -> x509.Name:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass
@@ -149,7 +148,7 @@ def make_ca(common_name: str, path: Path, issuer: Authority | None = None,
     )
     if issuer:
         builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
     cert = builder.sign(signing_key, hashes.SHA256())
@@ -193,7 +192,7 @@ def issue_leaf(issuer: Authority, key: PrivateKey, common_name: str, *,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),  # type: ignore[arg-type]
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
     )
@@ -284,14 +283,14 @@ class PKI:
     ca: Authority                   # root; ca.path is ca.pem (the trust anchor for clients)
     intermediate: Authority         # issues every server leaf
     client_ca: Authority            # issues client certificates; client_ca.path for -a
-    servers: dict[str, ServerCert]  # by name: ecdsa-p256, ecdsa-p384, ecdsa-p521, rsa-2048, rsa-4096
+    servers: dict[str, ServerCert]  # ecdsa-p256, ecdsa-p384, ecdsa-p521, rsa-2048, rsa-4096
     clients: dict[str, ClientCert] = field(default_factory=dict)  # "rsa", "ecdsa"
     _counter: int = 0
 
     # -- construction ---------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path) -> "PKI":
+    def create(cls, directory: Path) -> PKI:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         ca = make_ca("tlswrapper test root CA", directory / "ca.pem", path_length=1)

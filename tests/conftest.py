@@ -18,11 +18,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import pytest
-
 from certs import PKI
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,8 +115,8 @@ def run(cmd: Sequence[str | os.PathLike], input: bytes | str | None = None,
     check=True raises on a non-zero exit with stderr in the message."""
     text = isinstance(input, str)
     proc = subprocess.run([os.fspath(c) for c in cmd], input=input, capture_output=True,
-                          timeout=timeout, env=None if env is None else dict(env),
-                          cwd=cwd, text=text,
+                          check=False, timeout=timeout,
+                          env=None if env is None else dict(env), cwd=cwd, text=text,
                           stdin=subprocess.DEVNULL if input is None else None)
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd!r} exited {proc.returncode}: {proc.stderr!r}")

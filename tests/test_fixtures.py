@@ -7,14 +7,13 @@ import datetime
 import re
 
 import pytest
+from certs import PKI, SERVER_KEY_TYPES, cert_pem
+from conftest import free_port, run, which
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-from certs import PKI, SERVER_KEY_TYPES, cert_pem
-from conftest import free_port, run, which
-
-PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.S)
+PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n.*?-----END \1-----\r?\n?", re.DOTALL)
 
 
 def pem_blocks(data: bytes) -> list[tuple[str, bytes]]:
@@ -127,7 +126,7 @@ def test_mismatched_key(pki: PKI):
 
 def test_expired_certificate(pki: PKI, tmp_path):
     sc = pki.write_expired("ecdsa-p256")
-    assert sc.cert.not_valid_after_utc < datetime.datetime.now(datetime.timezone.utc)
+    assert sc.cert.not_valid_after_utc < datetime.datetime.now(datetime.UTC)
     key, certs = split_server_file(sc.path.read_bytes())
     assert same_public_key(key, certs[0])
     proc = openssl_verify(pki, tmp_path, certs)
