@@ -1,0 +1,211 @@
+"""Reading a PEM file of certificate chain + private key, in two steps around the jail.
+
+Rule: read_pem_file (privileged, before the jail) only finds marker lines and seals the secret
+block unparsed; the secret is decrypted and parsed only after the jail, when it signs."""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tlswrapper.tls import suites
+
+MAX_PEM_FILE = 1 << 20          # a chain and a key fit many times over
+RSA_MIN_BITS = 2048
+RSA_MAX_BITS = 4096
+
+_BEGIN = b"-----BEGIN "
+_END = b"-----END "
+_DASHES = b"-----"
+_MAX_LABEL = 64
+
+_CURVES = {"secp256r1": suites.KEY_EC_P256, "secp384r1": suites.KEY_EC_P384,
+           "secp521r1": suites.KEY_EC_P521}
+
+
+class PemError(OSError):
+    """A PEM file that cannot be used; `reason` is the line for the log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class SealedPem:
+    """A PEM file as read before the jail. `certificates` are the CERTIFICATE blocks (PEM
+    text, not secret); `sealed_key` is nonce || AES-GCM(the private-key block); `key_labels`
+    the labels of the private-key blocks found (e.g. b'EC PRIVATE KEY')."""
+
+    path: str
+    certificates: tuple[bytes, ...]
+    key_labels: tuple[bytes, ...]
+    legacy_encrypted: bool
+    sealed_key: bytes
+    _sealer: AESGCM
+
+
+def _blocks(buf: bytearray, size: int) -> list[tuple[bytes, int, int]]:
+    """(label, start, end) of each BEGIN/END block, found from the marker lines only: the
+    base64 in between is not looked at. `end` includes the END line."""
+    found = []
+    pos = 0
+    while True:
+        begin = buf.find(_BEGIN, pos, size)
+        if begin < 0:
+            return found
+        label_start = begin + len(_BEGIN)
+        label_end = buf.find(_DASHES, label_start, min(size, label_start + _MAX_LABEL))
+        if label_end < 0:
+            pos = label_start
+            continue
+        label = bytes(buf[label_start:label_end])
+        end_marker = _END + label + _DASHES
+        end = buf.find(end_marker, label_end + len(_DASHES), size)
+        if end < 0:
+            raise PemError(f"no END line for {label.decode('ascii', 'replace')}")
+        end += len(end_marker)
+        found.append((label, begin, end))
+        pos = end
+
+
+def read_pem_file(path: str) -> SealedPem | None:
+    """Read `path` (privileged, before the jail). None if it does not exist; PemError or
+    another OSError for other failures. The private-key block(s) are encrypted under a
+    fresh random key as soon as they are located and their bytes in the read buffer are
+    zeroed, so the secret never exists in clear as a Python object.
+
+    Security: the file is read with os.readv straight into one preallocated bytearray (no
+    intermediate bytes object holding the secret), which is wiped before returning."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0) \
+        | os.O_NONBLOCK   # a FIFO must not hang us
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    buf = bytearray(MAX_PEM_FILE + 1)
+    size = 0
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise PemError("not a regular file")
+        with memoryview(buf) as view:
+            while size <= MAX_PEM_FILE:
+                n = os.readv(fd, [view[size:]])
+                if n == 0:
+                    break
+                size += n
+        if size > MAX_PEM_FILE:
+            raise PemError("file larger than 1 MiB")
+        return _seal(path, buf, size)
+    finally:
+        os.close(fd)
+        buf[:] = bytes(len(buf))
+
+
+def _seal(path: str, buf: bytearray, size: int) -> SealedPem:
+    certificates = []
+    key_labels = []
+    key_regions = []
+    legacy_encrypted = False
+    for label, start, end in _blocks(buf, size):
+        if label.endswith(b"PRIVATE KEY"):
+            key_labels.append(label)
+            key_regions.append((start, end))
+            # RFC 1421 headers mark a traditional encrypted key (before the base64).
+            if buf.find(b"Proc-Type:", start, end) >= 0 and \
+                    buf.find(b"ENCRYPTED", start, end) >= 0:
+                legacy_encrypted = True
+        elif label == b"CERTIFICATE":
+            certificates.append(bytes(buf[start:end]))
+    sealer = AESGCM(AESGCM.generate_key(256))
+    sealed = b""
+    with memoryview(buf) as view:
+        if len(key_regions) == 1:
+            start, end = key_regions[0]
+            nonce = os.urandom(12)
+            sealed = nonce + sealer.encrypt(nonce, view[start:end], None)
+        for start, end in key_regions:
+            view[start:end] = bytes(end - start)
+    return SealedPem(path, tuple(certificates), tuple(key_labels), legacy_encrypted, sealed,
+                     sealer)
+
+
+def _key_type(public_key: object) -> tuple[str, int]:
+    if isinstance(public_key, rsa.RSAPublicKey):
+        bits = public_key.key_size
+        if not RSA_MIN_BITS <= bits <= RSA_MAX_BITS:
+            raise PemError(f"RSA key of {bits} bits (2048 to 4096 supported)")
+        return suites.KEY_RSA, bits
+    if isinstance(public_key, ec.EllipticCurvePublicKey):
+        key_type = _CURVES.get(public_key.curve.name)
+        if key_type is None:
+            raise PemError(f"EC curve {public_key.curve.name} not supported")
+        return key_type, 0
+    raise PemError(f"key type {type(public_key).__name__} not supported")
+
+
+def parse_public(sealed: SealedPem) -> tuple[tuple[bytes, ...], str, int]:
+    """After the jail: (chain as DER, leaf first; key type; RSA bits or 0). Raises PemError
+    when the file cannot serve: no certificate, no or several or encrypted private keys,
+    an unsupported key type or size. The private key itself is not decrypted here."""
+    if not sealed.certificates:
+        raise PemError("no certificate")
+    if not sealed.key_labels:
+        raise PemError("no private key")
+    if len(sealed.key_labels) > 1:
+        raise PemError("more than one private key")
+    if sealed.key_labels[0] == b"ENCRYPTED PRIVATE KEY" or sealed.legacy_encrypted:
+        raise PemError("encrypted private key")
+    if sealed.key_labels[0] not in (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"):
+        raise PemError(f"unsupported key format {sealed.key_labels[0].decode('ascii', 'replace')}")
+    chain = []
+    for block in sealed.certificates:
+        try:
+            cert = x509.load_pem_x509_certificate(block)
+        except ValueError as e:
+            raise PemError(f"bad certificate: {e}") from None
+        chain.append(cert.public_bytes(serialization.Encoding.DER))
+    try:
+        leaf_key = x509.load_der_x509_certificate(chain[0]).public_key()
+    except (ValueError, TypeError) as e:
+        raise PemError(f"bad certificate key: {e}") from None
+    key_type, bits = _key_type(leaf_key)
+    return tuple(chain), key_type, bits
+
+
+def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    """After the jail, when the key is selected for signing: decrypt the secret block into a
+    buffer that is wiped after cryptography has parsed it, and check that the key is the
+    leaf certificate's. Raises PemError."""
+    chain, _, _ = parse_public(sealed)
+    sealed_key = sealed.sealed_key
+    clear = bytearray(len(sealed_key) - 12 - 16)
+    try:
+        try:
+            sealed._sealer.decrypt_into(sealed_key[:12], memoryview(sealed_key)[12:], None,
+                                        clear)
+        except InvalidTag:
+            raise PemError("sealed key corrupted") from None
+        try:
+            key = serialization.load_pem_private_key(clear, password=None)
+        except TypeError:
+            raise PemError("encrypted private key") from None
+        except (ValueError, UnsupportedAlgorithm) as e:
+            raise PemError(f"bad private key: {e}") from None
+    finally:
+        clear[:] = bytes(len(clear))
+    if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
+        raise PemError("private key type not supported")
+    leaf_public = x509.load_der_x509_certificate(chain[0]).public_key()
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    if key.public_key().public_bytes(der, spki) != leaf_public.public_bytes(der, spki):
+        raise PemError("key does not match certificate")
+    return key
