@@ -480,14 +480,14 @@ def test_real_local_key_service(tmp_path):
         cert.public_key().verify(sig, data, ec.ECDSA(hashes.SHA256()))
         with pytest.raises(KeyServiceError):
             ks.sign(suites.RSA_PSS_RSAE_SHA256, data)
+        with pytest.raises(KeyServiceError) as e:
+            ks.key_share(suites.X25519, b"\x00" * 32)      # low-order point: no shared secret
+        assert e.value.alert == suites.ILLEGAL_PARAMETER
         peer = x25519.X25519PrivateKey.generate()
         peer_pub = peer.public_key().public_bytes_raw()
         share = ks.key_share(suites.X25519, peer_pub)
         assert len(share) == 32
         x25519.X25519PublicKey.from_public_bytes(share)    # a valid point
-        with pytest.raises(KeyServiceError) as e:
-            ks.key_share(suites.X25519, b"\x00" * 32)      # low-order point: no shared secret
-        assert e.value.alert == suites.ILLEGAL_PARAMETER
         # The key process still works after the jail (nothing to import any more).
         ks.derive13_handshake(0x1301, b"\x00" * 32)
         ks.activate(WRITE)
