@@ -1,0 +1,366 @@
+"""Starting prog before the handshake, holding it until the handshake is done, then running it.
+
+Rule: the waiting child trusts nothing in the go-ahead beyond what the configuration allows
+(the jailed network process sending it may be compromised): only allow-listed environment
+names, an account only with -U, never uid or gid 0.
+
+The go-ahead travels on a pipe created before the fork, so the network process can send it
+after jailing itself (no new file, no new process). Message, network -> child:
+
+    4 bytes big-endian length N (N <= MAX_MESSAGE), then N bytes:
+    b"go" | b"abort", NUL, account name (empty for none), then NUL-separated b"NAME=value"
+
+End of file before a complete message (the network process died) means abort. On abort the
+child exits 111 without running prog, as the C version's child does when no handshake happens.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import os
+import pwd
+import re
+import signal
+import socket
+import stat
+import struct
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+from . import log
+
+EXIT_FAILURE = 111       # our failure, or prog killed by a signal
+MAX_MESSAGE = 65536
+MAX_VALUE = 8192         # one environment value (a client DN is far shorter)
+
+TCP_ENV = ("TCPLOCALIP", "TCPLOCALPORT", "TCPREMOTEIP", "TCPREMOTEPORT")
+SSL_ENV = ("SSL_PROTOCOL", "SSL_CIPHER", "SSL_TLS_SNI", "SSL_CLIENT_VERIFY", "SSL_CLIENT_S_DN",
+           "SSL_CLIENT_S_DN_CN", "SSL_CLIENT_S_DN_Email", "SSL_CLIENT_M_SERIAL",
+           "SSL_CLIENT_I_DN", "SSL_CLIENT_V_START", "SSL_CLIENT_V_END")
+# The only names the go-ahead may set: anything else (LD_PRELOAD, PATH, ...) in the hands of a
+# compromised network process would run code in prog, which may run as root.
+ALLOWED_ENV = frozenset(TCP_ENV + SSL_ENV + ("TCPLOCALHOST", "TCPREMOTEHOST", "TCPREMOTEINFO"))
+
+# An account name from a client certificate (-U): conservative portable user-name characters,
+# plus '@' for emailAddress; no leading '-' (it would read as an option to tools) or '.'.
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,255}")
+
+# fds prog gets with -n (SPEC section 3): it writes its zero byte to 5, reads the ack from 6.
+CONTROL_FD = 5
+ACK_FD = 6
+
+
+class ChildError(Exception):
+    """prog could not be started or switched; one line for the log."""
+
+
+def exit_code(status: int) -> int:
+    """prog's wait status as our exit code: its exit code, or 111 when a signal killed it."""
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return EXIT_FAILURE
+
+
+@dataclass
+class Prog:
+    """The network process's handle on prog. All fds are the parent's ends of the pipes."""
+    pid: int
+    argv: tuple[str, ...]
+    stdin: int                 # write: cleartext for prog's stdin (-1 once closed)
+    stdout: int                # read: prog's stdout (-1 once closed)
+    control: int | None        # write: the go-ahead pipe; None once used
+    control_in: int | None = None   # -n: read the zero byte prog writes on its fd 5
+    ack_out: int | None = None      # -n: write the zero byte prog reads on its fd 6
+    status: int | None = field(default=None)   # exit code once reaped
+
+    def parent_fds(self) -> tuple[int, ...]:
+        """Every fd of ours tied to prog. Any other process forked from here (the key
+        process) must close them all, or prog never sees EOF and never hears of an abort."""
+        fds = (self.stdin, self.stdout, self.control, self.control_in, self.ack_out)
+        return tuple(fd for fd in fds if fd is not None and fd >= 0)
+
+    def go(self, env: Mapping[str, str] | None = None, account: str | None = None) -> None:
+        """Let prog run, with these extra environment variables and (with -U) this account."""
+        self._send(b"go", env or {}, account)
+
+    def abort(self) -> None:
+        """Tell prog's child to exit without running prog (no handshake, a failure)."""
+        self._send(b"abort", {}, None)
+
+    def _send(self, verb: bytes, env: Mapping[str, str], account: str | None) -> None:
+        if self.control is None:
+            raise ChildError("go-ahead already sent")
+        fields = [verb, (account or "").encode()]
+        fields += [f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in env.items()]
+        payload = b"\0".join(fields)
+        if len(payload) > MAX_MESSAGE:
+            raise ChildError("go-ahead message too long")
+        data = struct.pack(">I", len(payload)) + payload
+        fd, self.control = self.control, None
+        try:
+            while data:
+                n = os.write(fd, data)
+                data = data[n:]
+        except OSError as e:
+            # prog's child is gone (EPIPE): its exit status tells the rest.
+            log.debug(f"unable to send the go-ahead to prog ({log.oserror_text(e)})")
+        finally:
+            os.close(fd)
+
+    def poll(self) -> int | None:
+        """prog's exit code if it has ended (reaping it), else None. Never blocks."""
+        return self._wait(os.WNOHANG)
+
+    def wait(self) -> int:
+        """Block until prog ends; its exit code."""
+        while True:
+            code = self._wait(0)
+            if code is not None:
+                return code
+
+    def _wait(self, flags: int) -> int | None:
+        if self.status is not None:
+            return self.status
+        while True:
+            try:
+                pid, status = os.waitpid(self.pid, flags)
+            except ChildProcessError:
+                # Reaped elsewhere (e.g. a SIGCHLD handler): the status is lost.
+                self.status = EXIT_FAILURE
+                return self.status
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return None
+            self.status = exit_code(status)
+            return self.status
+
+    def close(self) -> None:
+        """Close every parent-side fd still open (the relay marks the ones it closed itself
+        by setting them to -1 / None)."""
+        for fd in self.parent_fds():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.stdin = self.stdout = -1
+        self.control = self.control_in = self.ack_out = None
+
+
+def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: bool = False,
+               delayed_encryption: bool = False) -> Prog:
+    """Fork prog's child: stdin/stdout on pipes, stderr inherited, waiting for the go-ahead.
+
+    `user` is -u (prog runs as that account); `user_from_cert` is -U (the go-ahead names the
+    account, which wins over -u). With `delayed_encryption` (-n) prog also gets fd 5 and 6."""
+    if not argv:
+        raise ChildError("no prog to run")
+    pipes: list[int] = []
+    try:
+        in_r, in_w = os.pipe()
+        pipes += (in_r, in_w)
+        out_r, out_w = os.pipe()
+        pipes += (out_r, out_w)
+        ctl_r, ctl_w = os.pipe()
+        pipes += (ctl_r, ctl_w)
+        c5_r = c5_w = c6_r = c6_w = -1
+        if delayed_encryption:
+            c5_r, c5_w = os.pipe()
+            pipes += (c5_r, c5_w)
+            c6_r, c6_w = os.pipe()
+            pipes += (c6_r, c6_w)
+        pid = os.fork()
+    except OSError as e:
+        for fd in pipes:
+            os.close(fd)
+        raise ChildError(f"unable to start prog ({log.oserror_text(e)})") from None
+    if pid == 0:
+        # Nothing may return from here: os._exit on every path, whatever happens.
+        code = EXIT_FAILURE
+        try:
+            targets = {0: in_r, 1: out_w}
+            if delayed_encryption:
+                targets.update({CONTROL_FD: c5_w, ACK_FD: c6_r})
+            code = _child(tuple(argv), targets, ctl_r, user, user_from_cert)
+        except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the parent's code
+            log.fatal(f"unable to run prog ({type(e).__name__}: {e})")
+        os._exit(code)
+    for fd in (in_r, out_w, ctl_r, c5_w, c6_r):
+        if fd >= 0:
+            os.close(fd)
+    return Prog(pid, tuple(argv), in_w, out_r, ctl_w,
+                c5_r if delayed_encryption else None, c6_w if delayed_encryption else None)
+
+
+def _child(argv: tuple[str, ...], targets: dict[int, int], ctl: int, user: str | None,
+           user_from_cert: bool) -> int:
+    """In the forked child: set up fds, wait for the go-ahead, switch account, exec."""
+    # The parent's Python signal handlers and wakeup fd belong to the relay, not to us.
+    signal.set_wakeup_fd(-1)
+    for sig in signal.valid_signals():
+        try:
+            if callable(signal.getsignal(sig)):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    # Move every pipe end (and the control fd) above the targets before dup2, so that no
+    # dup2 overwrites a source that is itself one of the targets' numbers.
+    ctl = fcntl.fcntl(ctl, fcntl.F_DUPFD_CLOEXEC, 10)
+    high = {t: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10) for t, src in targets.items()}
+    for t, src in high.items():
+        os.dup2(src, t, inheritable=True)
+    # Only 0, 1, 2, (5, 6) and the control pipe survive: prog must not inherit the client
+    # socket's other descriptors, the key process's pipes or anything else of ours.
+    keep = sorted(set(targets) | {0, 1, 2, ctl})
+    lo = 0
+    for fd in keep:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 20)
+
+    msg = _read_message(ctl)
+    os.close(ctl)
+    if msg is None:
+        return EXIT_FAILURE
+    verb, account, env = msg
+    if verb != "go":
+        return EXIT_FAILURE
+    if account and not user_from_cert:
+        log.fatal("go-ahead names an account but -U is not set, refused")
+        return EXIT_FAILURE
+    if user_from_cert and not account:
+        log.fatal("no account name from the client certificate")
+        return EXIT_FAILURE
+    target = account if user_from_cert else user
+    if target is not None:
+        try:
+            switch_account(target)
+        except ChildError as e:
+            log.fatal(str(e))
+            return EXIT_FAILURE
+
+    environ = dict(os.environ)
+    environ.update(env)
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across exec:
+    # give prog the default behaviour it expects (e.g. `cat` dying on a closed pipe).
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    try:
+        os.execvpe(argv[0], list(argv), environ)
+    except (OSError, ValueError) as e:
+        reason = log.oserror_text(e) if isinstance(e, OSError) else str(e)
+        log.fatal(f"unable to run prog '{argv[0]}' ({reason})")
+    return EXIT_FAILURE
+
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    buf = b""
+    while len(buf) < n:
+        try:
+            chunk = os.read(fd, n - len(buf))
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return buf
+
+
+def _read_message(fd: int) -> tuple[str, str, dict[str, str]] | None:
+    """Read and check the go-ahead; None (abort) for EOF or anything malformed."""
+    head = _read_exact(fd, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > MAX_MESSAGE:
+        log.fatal("go-ahead message too long, refused")
+        return None
+    payload = _read_exact(fd, n)
+    if payload is None:
+        return None
+    fields = payload.split(b"\0")
+    if len(fields) < 2:
+        log.fatal("malformed go-ahead message")
+        return None
+    try:
+        verb = fields[0].decode("ascii")
+        account = fields[1].decode("ascii")
+    except UnicodeDecodeError:
+        log.fatal("malformed go-ahead message")
+        return None
+    if account and not _ACCOUNT_RE.fullmatch(account):
+        log.fatal(f"account name '{log.escape(account)}' refused")
+        return None
+    env: dict[str, str] = {}
+    for item in fields[2:]:
+        name, sep, value = item.partition(b"=")
+        key = name.decode("ascii", "replace")
+        if not sep or key not in ALLOWED_ENV or len(value) > MAX_VALUE:
+            log.fatal(f"environment variable '{log.escape(key)}' refused")
+            return None
+        env[key] = value.decode("utf-8", "surrogateescape")
+    return verb, account, env
+
+
+def switch_account(name: str) -> None:
+    """Become `name`: its supplementary groups, gid and uid (real, effective, saved).
+
+    uid 0 and gid 0 are refused, so that neither -u nor a client certificate can give prog
+    root. Raises ChildError."""
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, ValueError, UnicodeError):
+        raise ChildError(f"unable to find account '{log.escape(name)}' (no such user)") from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise ChildError(f"account '{name}' has uid or gid 0, refused")
+    try:
+        os.initgroups(pw.pw_name, pw.pw_gid)
+        os.setresgid(pw.pw_gid, pw.pw_gid, pw.pw_gid)
+        os.setresuid(pw.pw_uid, pw.pw_uid, pw.pw_uid)
+    except OSError as e:
+        raise ChildError(f"unable to drop privileges to '{name}' ({log.oserror_text(e)})") from None
+    if os.getresuid() != (pw.pw_uid,) * 3 or os.getresgid() != (pw.pw_gid,) * 3:
+        raise ChildError(f"unable to drop privileges to '{name}' (ids did not change)")
+
+
+def _plain_ip(host: str) -> str:
+    """An address as tcpserver writes it: IPv4-mapped IPv6 shown as plain IPv4."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return host
+
+
+def connection_addresses(fd: int = 0, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """TCPLOCALIP/TCPLOCALPORT/TCPREMOTEIP/TCPREMOTEPORT: from the environment (tcpserver and
+    tcpsvd set them), else from fd `fd` when it is a TCP socket; missing ones are left out."""
+    env = os.environ if environ is None else environ
+    out = {k: env[k] for k in TCP_ENV if env.get(k)}
+    if len(out) == len(TCP_ENV):
+        return out
+    try:
+        if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            return out
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return out
+    try:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            for prefix, getter in (("TCPLOCAL", sock.getsockname), ("TCPREMOTE", sock.getpeername)):
+                try:
+                    addr = getter()
+                except OSError:
+                    continue
+                out.setdefault(prefix + "IP", _plain_ip(addr[0]))
+                out.setdefault(prefix + "PORT", str(addr[1]))
+    finally:
+        sock.detach()         # the socket object must not close fd 0
+    return {k: out[k] for k in TCP_ENV if k in out}

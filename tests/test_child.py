@@ -1,0 +1,287 @@
+"""Tests of child.py: prog waits for the go-ahead, gets its environment and account, and its
+exit status becomes ours."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tlswrapper.child import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
+                              exit_code, start_prog)
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
+
+
+def read_all(fd: int, timeout: float = 10.0) -> bytes:
+    out = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        r, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not r:
+            raise TimeoutError(out)
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return out
+        out += chunk
+
+
+def finish(prog: Prog, data: bytes = b"") -> tuple[bytes, int]:
+    """Feed prog's stdin, close it, collect its stdout and exit code."""
+    if data:
+        os.write(prog.stdin, data)
+    os.close(prog.stdin)
+    prog.stdin = -1
+    out = read_all(prog.stdout)
+    code = prog.wait()
+    prog.close()
+    return out, code
+
+
+def sh(script: str) -> list[str]:
+    return ["/bin/sh", "-c", script, "sh"]
+
+
+def test_prog_waits_until_go(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}; echo started"))
+    time.sleep(0.3)
+    assert not marker.exists()            # prog has not been exec'd before the go-ahead
+    assert prog.poll() is None            # its child is alive, waiting
+    prog.go()
+    out, code = finish(prog)
+    assert (out, code) == (b"started\n", 0) and marker.exists()
+
+
+def test_prog_gets_env_args_and_stdin() -> None:
+    prog = start_prog(sh('printf "%s|%s|%s|%s\\n" "$1" "$TCPREMOTEIP" "$SSL_CIPHER" "$SSL_TLS_SNI"; '
+                         'cat') + ["arg one"])
+    prog.go({"TCPREMOTEIP": "192.0.2.1", "SSL_CIPHER": "TLS_AES_128_GCM_SHA256",
+             "SSL_TLS_SNI": "example.com"})
+    out, code = finish(prog, b"hello from the client\n")
+    assert out == b"arg one|192.0.2.1|TLS_AES_128_GCM_SHA256|example.com\nhello from the client\n"
+    assert code == 0
+
+
+def test_prog_environment_is_inherited_plus_extras(monkeypatch) -> None:
+    monkeypatch.setenv("TLSWRAPPER_TEST_INHERITED", "yes")
+    prog = start_prog(["env"])
+    prog.go({"TCPLOCALPORT": "443"})
+    out, _ = finish(prog)
+    lines = out.decode().splitlines()
+    assert "TLSWRAPPER_TEST_INHERITED=yes" in lines and "TCPLOCALPORT=443" in lines
+
+
+@pytest.mark.parametrize("name", ["LD_PRELOAD", "PATH", "SSL_CERT_FILE", "TCPREMOTEIPX", ""])
+def test_go_ahead_with_forbidden_env_is_refused(name: str, tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    prog.go({name: "x"})
+    out, code = finish(prog)
+    assert code == EXIT_FAILURE and not marker.exists()
+
+
+def test_allowed_env_names() -> None:
+    assert {"TCPLOCALIP", "TCPLOCALPORT", "TCPREMOTEIP", "TCPREMOTEPORT", "SSL_PROTOCOL",
+            "SSL_CIPHER", "SSL_TLS_SNI", "SSL_CLIENT_VERIFY", "SSL_CLIENT_S_DN",
+            "SSL_CLIENT_S_DN_CN", "SSL_CLIENT_S_DN_Email", "SSL_CLIENT_M_SERIAL"} <= ALLOWED_ENV
+    assert "LD_PRELOAD" not in ALLOWED_ENV
+
+
+def test_exit_status_is_progs() -> None:
+    prog = start_prog(sh("exit 3"))
+    prog.go()
+    assert finish(prog)[1] == 3
+
+
+def test_killed_prog_gives_111() -> None:
+    prog = start_prog(sh("kill -9 $$"))
+    prog.go()
+    assert finish(prog)[1] == 111
+
+
+def test_sigpipe_is_default_in_prog() -> None:
+    # Python ignores SIGPIPE; prog must get the default (die on a closed pipe), like `yes`.
+    prog = start_prog(["yes"])
+    prog.go()
+    os.close(prog.stdout)
+    prog.stdout = -1
+    assert prog.wait() == 111         # killed by SIGPIPE
+    prog.close()
+
+
+def test_exec_failure(capfd) -> None:
+    prog = start_prog(["/nonexistent/prog"])
+    prog.go()
+    out, code = finish(prog)
+    assert code == 111 and out == b""
+    err = capfd.readouterr().err
+    assert "tlswrapper: fatal: unable to run prog '/nonexistent/prog' (file does not exist)" in err
+
+
+def test_abort_does_not_run_prog(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    prog.abort()
+    out, code = finish(prog)
+    assert code == 111 and not marker.exists()
+
+
+def test_network_process_gone_means_abort(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    os.close(prog.control)            # as if the network process had died
+    prog.control = None
+    assert finish(prog)[1] == 111 and not marker.exists()
+
+
+def test_go_twice_is_an_error() -> None:
+    prog = start_prog(["true"])
+    prog.go()
+    with pytest.raises(ChildError):
+        prog.go()
+    assert finish(prog)[1] == 0
+
+
+def test_prog_gets_only_its_fds() -> None:
+    # A stray inheritable fd of the parent must not reach prog.
+    r, w = os.pipe()
+    os.set_inheritable(r, True)
+    try:
+        prog = start_prog(["ls", "/proc/self/fd"])
+        prog.go()
+        out, _ = finish(prog)
+    finally:
+        os.close(r)
+        os.close(w)
+    fds = sorted(int(x) for x in out.split())
+    assert fds[:3] == [0, 1, 2] and len(fds) <= 4   # 0, 1, 2 and ls's own directory fd
+
+
+def test_delayed_encryption_fds() -> None:
+    prog = start_prog(sh("printf 'x' >&5; head -c 1 <&6 >/dev/null; echo acked"),
+                      delayed_encryption=True)
+    assert prog.control_in is not None and prog.ack_out is not None
+    prog.go()
+    assert os.read(prog.control_in, 1) == b"x"
+    os.write(prog.ack_out, b"\0")
+    out, code = finish(prog)
+    assert (out, code) == (b"acked\n", 0)
+
+
+def test_exit_code_mapping() -> None:
+    assert exit_code(0) == 0
+    assert exit_code(3 << 8) == 3
+    assert exit_code(signal.SIGKILL) == 111
+
+
+@needs_root
+def test_user_switch() -> None:
+    prog = start_prog(sh("id -u; id -g; id -G"), user="nobody")
+    prog.go()
+    out, code = finish(prog)
+    assert code == 0
+    uid, gid, groups = out.decode().splitlines()
+    assert (uid, gid) == ("65534", "65534") and "0" not in groups.split()
+
+
+@needs_root
+def test_user_from_cert() -> None:
+    prog = start_prog(sh("id -u"), user="root", user_from_cert=True)  # -U wins over -u
+    prog.go(account="nobody")
+    assert finish(prog) == (b"65534\n", 0)
+
+
+@needs_root
+@pytest.mark.parametrize("account", ["root", "no-such-user-xyz", "-rf", "../x", "a b"])
+def test_user_from_cert_refused(account: str, tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"), user_from_cert=True)
+    prog.go(account=account)
+    assert finish(prog)[1] == 111 and not marker.exists()
+
+
+def test_account_in_go_without_U_is_refused(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    prog.go(account="nobody")
+    assert finish(prog)[1] == 111 and not marker.exists()
+
+
+@needs_root
+def test_u_root_refused(capfd) -> None:
+    prog = start_prog(["true"], user="root")
+    prog.go()
+    assert finish(prog)[1] == 111
+    assert "uid or gid 0" in capfd.readouterr().err
+
+
+def test_connection_addresses_from_environment() -> None:
+    env = {"TCPLOCALIP": "10.0.0.1", "TCPLOCALPORT": "443", "TCPREMOTEIP": "10.0.0.2",
+           "TCPREMOTEPORT": "5555", "OTHER": "x"}
+    assert connection_addresses(0, env) == {k: v for k, v in env.items() if k != "OTHER"}
+
+
+def test_connection_addresses_from_socket() -> None:
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    conn, peer = srv.accept()
+    try:
+        got = connection_addresses(conn.fileno(), {})
+        assert got == {"TCPLOCALIP": "127.0.0.1", "TCPLOCALPORT": str(srv.getsockname()[1]),
+                       "TCPREMOTEIP": "127.0.0.1", "TCPREMOTEPORT": str(peer[1])}
+        conn.getsockname()            # the socket (and its fd) is still open
+        # environment values win over the socket's
+        assert connection_addresses(conn.fileno(), {"TCPREMOTEIP": "192.0.2.9"})[
+            "TCPREMOTEIP"] == "192.0.2.9"
+    finally:
+        for s in (cli, conn, srv):
+            s.close()
+
+
+def test_connection_addresses_v4_mapped() -> None:
+    srv = socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True)
+    cli = socket.create_connection(("127.0.0.1", srv.getsockname()[1]))
+    conn, _ = srv.accept()
+    try:
+        got = connection_addresses(conn.fileno(), {})
+        assert got["TCPREMOTEIP"] == "127.0.0.1" and got["TCPLOCALIP"] == "127.0.0.1"
+    finally:
+        for s in (cli, conn, srv):
+            s.close()
+
+
+def test_connection_addresses_from_pipe() -> None:
+    r, w = os.pipe()
+    try:
+        assert connection_addresses(r, {}) == {}
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_prog_after_network_process_jails(tmp_path) -> None:
+    """The go-ahead needs no new fd or process on the network side: send it from a process
+    with RLIMIT_NOFILE and RLIMIT_NPROC at 0."""
+    code = f"""
+import os, resource, sys
+from tlswrapper.child import start_prog
+prog = start_prog(["/bin/sh", "-c", "echo ran:$TCPREMOTEIP"])
+resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
+resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+prog.go({{"TCPREMOTEIP": "192.0.2.7"}})
+os.close(prog.stdin)
+data = b""
+while chunk := os.read(prog.stdout, 100):
+    data += chunk
+os.write(1, data)
+sys.exit(prog.wait())
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert (res.returncode, res.stdout) == (0, b"ran:192.0.2.7\n"), res.stderr
