@@ -226,10 +226,11 @@ class Aead12Protection(RecordProtection):
                 return results, suites.INTERNAL_ERROR, "sequence number exhausted"
             seq = self.seq
             if self._gcm:
-                nonce = self._salt + record[5:13]
+                nonce = self._salt + bytes(record[5:13])
             else:
                 nonce = (self._iv ^ seq).to_bytes(12, "big")
-            ad = seq.to_bytes(8, "big") + bytes((content_type, self._vhi, self._vlo,
+            # Additional data with the version the record claims (RFC 5246 section 6.2.3.3).
+            ad = seq.to_bytes(8, "big") + bytes((content_type, record[1], record[2],
                                                  n >> 8, n & 0xFF))
             try:
                 aead.decrypt_into(nonce, memoryview(record)[5 + explicit:], ad, plain[:n])
@@ -284,9 +285,10 @@ class CbcProtection(RecordProtection):
         # Smallest ciphertext (without explicit IV) that can hold a MAC and a padding byte.
         self._min_body = max(CBC_BLOCK, -(-(self._mac_len + 1) // CBC_BLOCK) * CBC_BLOCK)
 
-    def _pseudo_header(self, seq: int, content_type: int, length: int) -> bytes:
-        return seq.to_bytes(8, "big") + bytes((content_type, self._vhi, self._vlo,
-                                               length >> 8, length & 0xFF))
+    @staticmethod
+    def _pseudo_header(seq: int, content_type: int, vhi: int, vlo: int, length: int) -> bytes:
+        return seq.to_bytes(8, "big") + bytes((content_type, vhi, vlo, length >> 8,
+                                               length & 0xFF))
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
         self._check_batch(records)
@@ -300,7 +302,8 @@ class CbcProtection(RecordProtection):
                 pad = CBC_BLOCK - 1 - n % CBC_BLOCK
                 body = self._encryptor.update(iv + plaintext + bytes((pad,)) * (pad + 1))
                 h = self._mac.copy()
-                h.update(self._pseudo_header(seq, content_type, len(body)))
+                h.update(self._pseudo_header(seq, content_type, self._vhi, self._vlo,
+                                             len(body)))
                 h.update(body)
                 length = len(body) + mac_len
                 out.append(bytes((content_type, self._vhi, self._vlo, length >> 8,
@@ -309,7 +312,7 @@ class CbcProtection(RecordProtection):
                 out.append(h.digest())
             else:
                 h = self._mac.copy()
-                h.update(self._pseudo_header(seq, content_type, n))
+                h.update(self._pseudo_header(seq, content_type, self._vhi, self._vlo, n))
                 h.update(plaintext)
                 pad = CBC_BLOCK - 1 - (n + mac_len) % CBC_BLOCK
                 body = self._encryptor.update(iv + plaintext + h.digest()
@@ -334,10 +337,12 @@ class CbcProtection(RecordProtection):
             if self.seq >= SEQ_LIMIT:
                 return results, suites.INTERNAL_ERROR, "sequence number exhausted"
             fragment = memoryview(record)[5:]
+            # The MAC covers the version the record claims (RFC 5246 section 6.2.3.1), so a
+            # header altered in transit fails like any other alteration.
             if self._etm:
-                opened = self._open_etm(content_type, fragment)
+                opened = self._open_etm(content_type, record[1], record[2], fragment)
             else:
-                opened = self._open_mte(content_type, fragment)
+                opened = self._open_mte(content_type, record[1], record[2], fragment)
             if isinstance(opened, tuple):
                 return results, opened[0], opened[1]
             self.seq += 1
@@ -346,7 +351,8 @@ class CbcProtection(RecordProtection):
             results.append((content_type, opened))
         return results, 0, ""
 
-    def _open_etm(self, content_type: int, fragment: memoryview) -> bytes | tuple[int, str]:
+    def _open_etm(self, content_type: int, vhi: int, vlo: int,
+                  fragment: memoryview) -> bytes | tuple[int, str]:
         """RFC 7366: check the MAC over IV || ciphertext first, decrypt only what
         authenticated. Padding is then checked in the clear: it came from the peer's key."""
         mac_len = self._mac_len
@@ -355,7 +361,7 @@ class CbcProtection(RecordProtection):
             return suites.DECODE_ERROR, "malformed CBC record"
         body = fragment[:body_len]
         h = self._mac.copy()
-        h.update(self._pseudo_header(self.seq, content_type, body_len))
+        h.update(self._pseudo_header(self.seq, content_type, vhi, vlo, body_len))
         h.update(body)
         if not hmac.compare_digest(h.digest(), fragment[body_len:]):
             return suites.BAD_RECORD_MAC, "record did not authenticate"
@@ -366,7 +372,8 @@ class CbcProtection(RecordProtection):
             return suites.BAD_RECORD_MAC, "bad CBC padding"
         return plain[start:len(plain) - pad - 1]
 
-    def _open_mte(self, content_type: int, fragment: memoryview) -> bytes | tuple[int, str]:
+    def _open_mte(self, content_type: int, vhi: int, vlo: int,
+                  fragment: memoryview) -> bytes | tuple[int, str]:
         """MAC-then-encrypt with the Lucky Thirteen countermeasure (AlFardan and Paterson,
         2013; RFC 5246 section 6.2.3.2 asks for the MAC to be computed even when the padding
         is bad). After decryption the padding length is secret: if the time to reject a
@@ -403,7 +410,7 @@ class CbcProtection(RecordProtection):
         strip = (pad + 1) * pad_ok
         content_len = total - mac_len - strip
         h = self._mac.copy()
-        h.update(self._pseudo_header(self.seq, content_type, content_len))
+        h.update(self._pseudo_header(self.seq, content_type, vhi, vlo, content_len))
         h.update(plain[start:start + content_len])
         mac_ok = hmac.compare_digest(h.digest(), plain[start + content_len:
                                                         start + content_len + mac_len])
