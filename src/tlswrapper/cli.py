@@ -1,0 +1,336 @@
+"""The `tlswrapper` command line: the C tlswrapper's option syntax, checked up front.
+
+Rule: a bad option or an unusable file is one `tlswrapper: fatal: ...` line and exit 100; any
+other failure is one fatal line and exit 111; a Python traceback never reaches the user.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import stat
+import sys
+from dataclasses import dataclass
+from typing import Literal, NoReturn, Sequence
+
+from . import log
+from .certfiles import CertEntry, candidate_paths, fixpath
+from .jail import DEFAULT_JAIL_DIR
+from .tls import suites
+from .tls.config import ConfigError, ServerConfig
+
+EXIT_USAGE = 100     # usage or configuration error (the C version's value)
+EXIT_FAILURE = 111   # internal failure, or prog killed by a signal
+
+USAGE = "tlswrapper [options] [ -d certdir ] [ -f certfile ] prog [args...]"
+
+FLAGS = frozenset("qQvsSnN")
+WITH_VALUE = frozenset("fdacemMtTuUpJj")
+
+DEFAULT_TIMEOUT = 60
+DEFAULT_HANDSHAKE_TIMEOUT = 30
+MAX_TIMEOUT = 86400          # the C version refuses more than a day
+USER_FIELDS = ("commonName", "emailAddress")
+_NUMBER = re.compile(r"[+-]?[0-9]+")
+
+
+class UsageError(Exception):
+    """The command line cannot be read: one line with the reason and the usage, exit 100."""
+
+
+class OptionError(Exception):
+    """A readable command line with a bad value or file: one fatal line, exit 100."""
+
+
+@dataclass(frozen=True)
+class Options:
+    verbosity: int = log.DEFAULT
+    certs: tuple[CertEntry, ...] = ()
+    anchor: str | None = None               # -a, as given (open anchor_path)
+    ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS
+    groups: tuple[str, ...] = suites.DEFAULT_GROUPS
+    version_min: int = suites.TLS12
+    version_max: int = suites.TLS13
+    server_preference: bool = True
+    timeout: int = DEFAULT_TIMEOUT
+    handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT
+    user: str | None = None                 # -u account name
+    user_from_cert: Literal["commonName", "emailAddress"] | None = None   # -U
+    proxy_protocol: int | None = None       # -p 1: PROXY protocol version 1
+    jail_dir: str = DEFAULT_JAIL_DIR
+    jail_user: str | None = None            # -j account name; None: random ids
+    delayed_encryption: bool = False        # -n
+    prog: tuple[str, ...] = ()
+
+    @property
+    def anchor_path(self) -> str | None:
+        """The -a file name to open, with the `/.` -> `/:` rule applied."""
+        return fixpath(self.anchor) if self.anchor is not None else None
+
+    def cert_candidates(self, sni: str | bytes | None) -> list[str]:
+        """The PEM files to try for this SNI, in order (see certfiles.candidate_paths)."""
+        return candidate_paths(self.certs, sni)
+
+    def server_config(self, client_ca_names: Sequence[bytes] = ()) -> ServerConfig:
+        """The engine's configuration. `client_ca_names`: DER subjects of the -a anchors, for
+        the certificate_authorities the engine sends (parsed from the anchor file elsewhere)."""
+        return ServerConfig(
+            version_min=self.version_min, version_max=self.version_max,
+            ciphers=self.ciphers, groups=self.groups,
+            server_preference=self.server_preference,
+            request_client_certificate=self.anchor is not None,
+            client_ca_names=tuple(client_ca_names))
+
+
+def _split(args: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """getopt-style scan: flags combine (-vv, -qv), a value is attached (-fcert.pem) or the
+    next argument; `--` ends options; so does the first argument not starting with '-'."""
+    opts: list[tuple[str, str | None]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            if arg == "-":
+                raise UsageError("'-' is not an option")
+            break
+        j = 1
+        while j < len(arg):
+            letter = arg[j]
+            if letter in FLAGS:
+                opts.append((letter, None))
+                j += 1
+            elif letter in WITH_VALUE:
+                if j + 1 < len(arg):
+                    value = arg[j + 1:]
+                else:
+                    i += 1
+                    if i >= len(args):
+                        raise UsageError(f"option -{letter} needs a value")
+                    value = args[i]
+                opts.append((letter, value))
+                break
+            else:
+                raise UsageError(f"unknown option -{log.escape(letter)}")
+        i += 1
+    return opts, list(args[i:])
+
+
+def _fixed_note(given: str, fixed: str) -> str:
+    return "" if given == fixed else "; '/.' in a file name is read as '/:'"
+
+
+def _check_file(kind: str, given: str, add_word: str) -> None:
+    """A certfile or anchor file must exist, be a regular file and be readable by us."""
+    path = fixpath(given)
+    note = _fixed_note(given, path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise OptionError(f"unable to {add_word} {kind} '{path}' ({log.oserror_text(e)}{note})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OptionError(f"unable to add {kind} '{path}' (is a directory)")
+    try:
+        # Opened for real: os.access would answer for the real uid, not the effective one.
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise OptionError(f"unable to open {kind} '{path}' ({log.oserror_text(e)}{note})") from None
+
+
+def _check_dir(given: str) -> None:
+    path = fixpath(given)   # the names built from it are fixed as a whole, so check that
+    note = _fixed_note(given, path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise OptionError(f"unable to stat certdir '{path}' ({log.oserror_text(e)}{note})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OptionError(f"unable to add certdir '{path}' (not a directory)")
+
+
+def _choice(what: str, value: str, table: Sequence[str]) -> str:
+    if value not in table:
+        raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
+                          f"(available: {', '.join(table)})")
+    return value
+
+
+def _timeout(what: str, value: str) -> int:
+    if not _NUMBER.fullmatch(value):
+        raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
+                          f"(invalid argument)")
+    n = int(value)
+    if n <= 0:
+        raise OptionError(f"{what} must be a number > 0, not '{value}'")
+    if n > MAX_TIMEOUT:
+        raise OptionError(f"{what} must be a number <= {MAX_TIMEOUT}, not '{value}'")
+    return n
+
+
+def _account(option: str, name: str) -> str:
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, ValueError, UnicodeError):
+        raise OptionError(f"unable to find user '{log.escape(name)}' for -{option} "
+                          f"(no such account)") from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise OptionError(f"user '{name}' for -{option} has uid or gid 0, refused")
+    return name
+
+
+def _version_name(code: int) -> str:
+    return next(k for k, v in suites.VERSION_NAMES.items() if v == code)
+
+
+def parse(args: Sequence[str]) -> Options:
+    """Parse the arguments after the program name. Raises UsageError or OptionError."""
+    opts, prog = _split(args)
+    verbosity = log.DEFAULT
+    for letter, _ in opts:
+        if letter == "q":
+            verbosity = log.QUIET
+        elif letter == "Q":
+            verbosity = log.FATAL
+        elif letter == "v":
+            verbosity = min(verbosity + 1, log.MAX_VERBOSITY)
+    # Verbosity first, so that a later -q also silences an earlier option's error.
+    log.setup(verbosity=verbosity)
+
+    certs: list[CertEntry] = []
+    anchor: str | None = None
+    ciphers: list[str] | None = None     # None until the first -c replaces the default
+    groups: list[str] | None = None
+    kw: dict[str, object] = {}
+    for letter, value in opts:
+        if value is None:
+            if letter in "sS":
+                kw["server_preference"] = letter == "s"
+            elif letter in "nN":
+                kw["delayed_encryption"] = letter == "n"
+            continue
+        if letter == "f":
+            _check_file("certfile", value, "stat")
+            certs.append(("file", value))
+        elif letter == "d":
+            _check_dir(value)
+            certs.append(("dir", value))
+        elif letter == "a":
+            if anchor is not None:
+                raise OptionError("unable to add more than one anchor file")
+            _check_file("anchor file", value, "add")
+            anchor = value
+        elif letter == "c":
+            name = _choice("cipher", value, suites.CIPHER_NAMES)
+            ciphers = ciphers if ciphers is not None else []
+            if name not in ciphers:
+                ciphers.append(name)
+        elif letter == "e":
+            name = _choice("ephemeral algorithm", value, tuple(suites.GROUP_NAMES))
+            groups = groups if groups is not None else []
+            if name not in groups:
+                groups.append(name)
+        elif letter in "mM":
+            which = "min." if letter == "m" else "max."
+            name = _choice(f"TLS {which} version", value, tuple(suites.VERSION_NAMES))
+            kw["version_min" if letter == "m" else "version_max"] = suites.VERSION_NAMES[name]
+        elif letter == "t":
+            kw["timeout"] = _timeout("timeout", value)
+        elif letter == "T":
+            kw["handshake_timeout"] = _timeout("handshake timeout", value)
+        elif letter == "u":
+            kw["user"] = _account("u", value)
+        elif letter == "U":
+            kw["user_from_cert"] = _choice("ASN.1 object", value, USER_FIELDS)
+        elif letter == "p":
+            _choice("incoming proxy-protocol version", value, ("1",))
+            kw["proxy_protocol"] = 1
+        elif letter == "J":
+            if not value:
+                raise OptionError("jaildir must not be empty")
+            kw["jail_dir"] = value
+        elif letter == "j":
+            kw["jail_user"] = _account("j", value)
+
+    if not certs:
+        raise UsageError("no -f certfile or -d certdir given")
+    if not prog:
+        raise UsageError("no prog given")
+    if kw.get("user_from_cert") and anchor is None:
+        raise OptionError("option -U must be used with -a")
+    if kw.get("user_from_cert") and kw.get("delayed_encryption"):
+        raise OptionError("option -U is not compatible with -n")
+
+    options = Options(
+        verbosity=verbosity, certs=tuple(certs), anchor=anchor,
+        ciphers=tuple(ciphers) if ciphers is not None else suites.DEFAULT_CIPHERS,
+        groups=tuple(groups) if groups is not None else suites.DEFAULT_GROUPS,
+        prog=tuple(prog), **kw)  # type: ignore[arg-type]
+    _check_algorithms(options)
+    return options
+
+
+def _check_algorithms(options: Options) -> None:
+    """Refuse a configuration that could never complete a handshake."""
+    lo, hi = options.version_min, options.version_max
+    if lo > hi:
+        raise OptionError(f"TLS min. version {_version_name(lo)} is above TLS max. version "
+                          f"{_version_name(hi)}")
+    try:
+        config = options.server_config()
+    except ConfigError as e:
+        raise OptionError(str(e)) from None
+    versions = [v for v in sorted(suites.VERSION_LABELS) if lo <= v <= hi]
+    if not any(config.suite_codes(v) for v in versions):
+        raise OptionError(f"no enabled cipher works with {_version_name(lo)}.."
+                          f"{_version_name(hi)}")
+    if hi < suites.TLS13 and all(suites.GROUP_NAMES[g] in suites.TLS13_ONLY_GROUPS
+                                 for g in options.groups):
+        raise OptionError(f"no enabled ephemeral algorithm works below tls13 "
+                          f"(x25519mlkem768 is TLS 1.3 only)")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point: parse, then hand over to the relay. `argv` excludes the program name."""
+    code = EXIT_FAILURE
+    try:
+        log.setup(name="tlswrapper", verbosity=log.DEFAULT)
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            options = parse(args)
+        except UsageError as e:
+            # Printed even with -q, as the C version does with its usage line.
+            log.setup(verbosity=max(log.verbosity(), log.FATAL))
+            log.fatal(f"{e}; usage: {USAGE}")
+            code = EXIT_USAGE
+        except OptionError as e:
+            log.fatal(str(e))
+            code = EXIT_USAGE
+        else:
+            try:
+                from .relay import run
+            except Exception as e:   # noqa: BLE001 -- any import failure is ours, not the user's
+                log.fatal(f"unable to load the relay ({type(e).__name__}: {e})")
+                code = EXIT_FAILURE
+            else:
+                result = run(options)
+                code = result if isinstance(result, int) else EXIT_FAILURE
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        log.fatal("interrupted")
+        code = EXIT_FAILURE
+    except BaseException as e:  # noqa: BLE001 -- the last line of defence against tracebacks
+        try:
+            log.fatal(f"internal error ({type(e).__name__}: {e})")
+        except BaseException:   # noqa: BLE001
+            pass
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
