@@ -394,3 +394,67 @@ def test_same_exit_code_as_c_version(files: Path, args: list[str]) -> None:
     assert c.returncode == EXIT_USAGE, (args, c.stderr)
     with pytest.raises((UsageError, OptionError)):
         parse(args)
+
+
+# -- the logger (log.py) -----------------------------------------------------------------------
+
+@pytest.fixture
+def logger():
+    yield log
+    log.setup(name="tlswrapper", verbosity=log.DEFAULT)
+    log.set_prefix(None)
+
+
+@pytest.mark.parametrize("verbosity,labels", [
+    (0, []), (1, ["fatal"]), (2, ["fatal", "warning", "error", "info"]),
+    (3, ["fatal", "warning", "error", "info", "debug"]),
+    (4, ["fatal", "warning", "error", "info", "debug", "tracing"]),
+])
+def test_log_levels(logger, capfd, verbosity: int, labels: list[str]) -> None:
+    log.setup(verbosity=verbosity)
+    for name in ("fatal", "warning", "error", "info", "debug", "tracing"):
+        getattr(log, name)(f"{name} line")
+    assert capfd.readouterr().err == "".join(f"tlswrapper: {n}: {n} line\n" for n in labels)
+
+
+def test_log_prefix_and_name(logger, capfd) -> None:
+    log.setup(name="tlswrapper-tcp", verbosity=log.INFO)
+    log.set_prefix(log.client_prefix("127.0.0.1", 54321))
+    log.info("SSL connection: TLSv1.3")
+    log.set_prefix(log.client_prefix("::1", "443"))
+    log.info("x")
+    log.set_prefix(None)
+    log.fatal("y")
+    assert capfd.readouterr().err == ("tlswrapper-tcp: info: 127.0.0.1:54321: SSL connection: TLSv1.3\n"
+                                      "tlswrapper-tcp: info: [::1]:443: x\n"
+                                      "tlswrapper-tcp: fatal: y\n")
+    assert log.client_prefix(None) is None and log.client_prefix("10.0.0.1") == "10.0.0.1"
+
+
+def test_log_cannot_be_forged(logger, capfd) -> None:
+    log.fatal("sni='evil\ntlswrapper: info: forged\x1b[2J\\'")
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1
+    assert err == "tlswrapper: fatal: sni='evil\\x0atlswrapper: info: forged\\x1b[2J\\x5c'\n"
+
+
+def test_log_long_line_cut(logger, capfd) -> None:
+    log.fatal("x" * 10000)
+    err = capfd.readouterr().err
+    assert len(err) == log.MAX_LINE + 1 and err.endswith("...\n")
+
+
+def test_log_closed_stderr_is_silent(logger) -> None:
+    saved = os.dup(2)
+    try:
+        os.close(2)
+        log.fatal("nowhere to go")            # must not raise
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def test_oserror_text() -> None:
+    assert log.oserror_text(FileNotFoundError(2, "x")) == "file does not exist"
+    assert log.oserror_text(PermissionError(13, "x")) == "permission denied"
+    assert log.oserror_text(ValueError("bad")) == "bad"

@@ -224,12 +224,36 @@ def test_missing_or_writable_jail_dir_is_fatal(tmp_path: Path) -> None:
     assert not inside["ok"] and "writable" in inside["error"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="checks the behaviour without root")
 def test_not_root_is_fatal(tmp_path: Path) -> None:
+    """Without root (here: a child that became nobody) the jail cannot be built: JailError."""
     d = tmp_path / "empty"
     d.mkdir()
-    with pytest.raises(JailError):
-        jail(None, str(d))
+    if os.geteuid() != 0:
+        with pytest.raises(JailError):
+            jail(None, str(d))
+        return
+    make_jail_dir(str(d))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setresgid(65534, 65534, 65534)
+            os.setgroups([65534])
+            os.setresuid(65534, 65534, 65534)
+            try:
+                jail(None, str(d))
+                msg = "jailed"
+            except JailError as e:
+                msg = f"JailError: {e}"
+        except BaseException as e:
+            msg = repr(e)
+        os.write(w, msg.encode())
+        os._exit(0)
+    os.close(w)
+    msg = _read_all(r).decode()
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert msg.startswith("JailError: unable to chroot"), msg
 
 
 def test_random_account_range() -> None:
