@@ -55,7 +55,7 @@ from pathlib import Path
 
 import pytest
 
-from tlswrapper import cli, log
+from tlswrapper import log
 from tlswrapper.cli import (EXIT_USAGE, USAGE, OptionError, Options, UsageError, main, parse)
 from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig
