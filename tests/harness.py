@@ -79,6 +79,7 @@ class ConnResult:
     received_sha256: str = ""
     sent: int = 0                       # application data bytes queued to the client
     http_request: bytes = b""           # http mode: request line + headers
+    hello_retry: bool = False           # our first flight was a HelloRetryRequest (seen on the wire)
     error: str | None = None            # an exception in the harness itself (a test bug/engine raise)
     done: threading.Event = field(default_factory=threading.Event)
 
@@ -239,6 +240,7 @@ class _Connection:
         self.eof = False                 # the socket read side ended
         self.http_buf = bytearray()
         self.http_body_left: int | None = None
+        self.first_flight = True
 
     # ------------------------------------------------------------------ loop
     def run(self) -> None:
@@ -247,7 +249,13 @@ class _Connection:
         deadline = time.monotonic() + self.server.timeout
         while True:
             self._feed_sender()
-            self.outbuf += conn.outgoing()
+            out = conn.outgoing()
+            if out and self.first_flight:
+                self.first_flight = False
+                # record(5) handshake header(4) legacy_version(2) random(32)
+                self.result.hello_retry = out[0] == suites.HANDSHAKE and out[5] == \
+                    suites.HS_SERVER_HELLO and out[11:43] == suites.HRR_RANDOM
+            self.outbuf += out
             finished = conn.failed or conn.local_closed
             if finished and not self.outbuf:
                 break
@@ -338,8 +346,8 @@ class _Connection:
                     self.to_send = memoryview(self.server._data)
                     self._check_bulk_done()
             elif isinstance(ev, ApplicationData):
-                self.result.received += len(ev.data)
                 if self.server.mode == "bulk":
+                    self.result.received += len(ev.data)
                     self.hash.update(ev.data)
                     self.result.received_sha256 = self.hash.hexdigest()
                     self._check_bulk_done()
@@ -378,7 +386,6 @@ class _Connection:
                 if name.strip().lower() == b"content-length":
                     length = int(value.strip())
             self.http_body_left = length
-            self.result.received = 0
             data = body
         take = data[:self.http_body_left]
         self.hash.update(take)

@@ -55,6 +55,7 @@ import pytest
 
 from conftest import run, which
 from harness import MiB, HarnessServer, payload, sha256
+from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig
 
 SIZE = MiB
@@ -374,9 +375,13 @@ def test_python_ssl(pki, version, cipher, group, cert):
     assert got_version == VERSION_LABEL[version]
     assert got_cipher == PY_CIPHER[version](cipher, cert)
     hello = result.client_hello
-    if version == "1.3" and group not in hello.key_share_groups:
+    code = suites.GROUP_NAMES[group]
+    assert code in hello.groups
+    if version == "1.3" and code not in hello.key_share_groups:
         # the client's key share did not fit: the handshake went through a HelloRetryRequest
-        assert group in hello.groups
+        assert result.hello_retry
+    else:
+        assert not result.hello_retry
 
 
 # ---------------------------------------------------------------------- curl
