@@ -175,6 +175,17 @@ def test_delayed_encryption_fds() -> None:
     assert (out, code) == (b"acked\n", 0)
 
 
+def test_wait_with_timeout() -> None:
+    prog = start_prog(["sleep", "0.5"])
+    prog.go()
+    t = time.monotonic()
+    assert prog.wait(timeout=0.1) is None and time.monotonic() - t < 0.4
+    assert prog.wait(timeout=10) == 0
+    prog.close_stdin()
+    prog.close_stdout()
+    assert prog.parent_fds() == ()
+
+
 def test_exit_code_mapping() -> None:
     assert exit_code(0) == 0
     assert exit_code(3 << 8) == 3

@@ -25,6 +25,7 @@ import signal
 import socket
 import stat
 import struct
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -112,12 +113,37 @@ class Prog:
         """prog's exit code if it has ended (reaping it), else None. Never blocks."""
         return self._wait(os.WNOHANG)
 
-    def wait(self) -> int:
-        """Block until prog ends; its exit code."""
+    def wait(self, timeout: float | None = None) -> int | None:
+        """prog's exit code once it ends; with a timeout (seconds), None if it has not ended
+        by then. Polls rather than blocking in waitpid, so that the deadline holds; in the
+        jail there is no other way (no signalfd, no pidfd: both need a new fd)."""
+        if timeout is None:
+            while True:
+                code = self._wait(0)
+                if code is not None:
+                    return code
+        deadline = time.monotonic() + timeout
+        delay = 0.001
         while True:
-            code = self._wait(0)
+            code = self._wait(os.WNOHANG)
             if code is not None:
                 return code
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.05)
+
+    def close_stdin(self) -> None:
+        """Close prog's stdin (prog sees end of file)."""
+        if self.stdin >= 0:
+            os.close(self.stdin)
+            self.stdin = -1
+
+    def close_stdout(self) -> None:
+        if self.stdout >= 0:
+            os.close(self.stdout)
+            self.stdout = -1
 
     def _wait(self, flags: int) -> int | None:
         if self.status is not None:
