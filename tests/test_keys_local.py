@@ -201,15 +201,16 @@ def _client_share(group: int) -> tuple[bytes, object]:
 
 def _client_shared(group: int, private: object, server_share: bytes) -> bytes:
     if group == suites.X25519:
-        return private.exchange(x25519.X25519PublicKey.from_public_bytes(server_share))  # type: ignore[attr-defined]
+        peer = x25519.X25519PublicKey.from_public_bytes(server_share)
+        return private.exchange(peer)  # type: ignore[attr-defined]
     if group == suites.X25519MLKEM768:
         kem, x = private   # type: ignore[misc]
         assert len(server_share) == 1088 + 32
         return kem.decapsulate(server_share[:1088]) + x.exchange(
             x25519.X25519PublicKey.from_public_bytes(server_share[1088:]))
     curve = private.curve   # type: ignore[attr-defined]
-    peer = ec.EllipticCurvePublicKey.from_encoded_point(curve, server_share)
-    return private.exchange(ec.ECDH(), peer)   # type: ignore[attr-defined]
+    point = ec.EllipticCurvePublicKey.from_encoded_point(curve, server_share)
+    return private.exchange(ec.ECDH(), point)   # type: ignore[attr-defined]
 
 
 GROUPS = [suites.X25519, suites.SECP256R1, suites.SECP384R1, suites.SECP521R1,
@@ -418,3 +419,74 @@ def test_out_of_order_requests_are_refused() -> None:
         svc.derive13_handshake(0xC02F, bytes(32))     # not a TLS 1.3 suite
     with pytest.raises(KeyServiceError):
         svc.derive13_handshake(0x1301, bytes(48))     # wrong transcript hash length
+
+
+# --- no secret in clear in memory before select -------------------------------------------------
+
+_CHILD = r"""
+import sys
+from tlswrapper.keys.local import LocalKeyService
+from tlswrapper.tls import suites
+svc = LocalKeyService()
+answer = svc.load([sys.argv[1]])
+print(type(answer[0]).__name__, flush=True)
+sys.stdin.readline()
+svc.select(0)
+svc.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
+with open(sys.argv[1], "rb") as f:    # a deliberate clear copy: proves the scan finds one
+    clear = f.read()
+print("signed", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _scan(pid: int, patterns: list[bytes]) -> set[int]:
+    found: set[int] = set()
+    with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/mem", "rb", 0) as mem:
+        for line in maps:
+            fields = line.split()
+            if "r" not in fields[1] or (len(fields) > 5 and fields[5] in ("[vvar]", "[vsyscall]")):
+                continue
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            try:
+                mem.seek(start)
+                chunk = mem.read(end - start)
+            except (OSError, ValueError, OverflowError):
+                continue
+            for i, p in enumerate(patterns):
+                if p in chunk:
+                    found.add(i)
+    return found
+
+
+def test_private_key_not_in_clear_in_memory_before_select(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    key = kh.ec_key()
+    path = kh.write_pem(tmp_path / "k.pem", key, [kh.certificate(key)])
+    text = kh.key_pem(key)
+    lines = text.splitlines()
+    der = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    patterns = [lines[1], lines[2], der, scalar, text]
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "Candidate"
+        try:
+            before = _scan(child.pid, patterns)
+        except PermissionError:
+            pytest.skip("cannot read another process's memory here")
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "signed"
+        after = _scan(child.pid, patterns)
+        child.stdin.write("\n")
+        child.stdin.flush()
+    finally:
+        child.wait(timeout=30)
+    assert 4 in after, "the scan does not see a copy the child made on purpose"
+    assert before == set(), f"secret patterns {before} found before select"

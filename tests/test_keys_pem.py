@@ -20,8 +20,8 @@ from tlswrapper.tls import suites
 SPKI = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _same_key(a: object, b: object) -> bool:
-    return a.public_key().public_bytes(*SPKI) == b.public_key().public_bytes(*SPKI)  # type: ignore[attr-defined]
+def _same_key(a: kh.PrivateKey, b: kh.PrivateKey) -> bool:
+    return a.public_key().public_bytes(*SPKI) == b.public_key().public_bytes(*SPKI)
 
 
 KEYS = {

@@ -10,6 +10,8 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tlswrapper.keys import protect
 from tlswrapper.tls import suites
@@ -433,3 +435,21 @@ def test_sha_names_match_hashlib() -> None:
     for suite in suites.SUITES.values():
         if suite.mac:
             assert hashlib.new(suite.mac).digest_size == suite.mac_len
+
+
+# --- totality: any bytes give results or an alert, never an exception ----------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(case=st.sampled_from(CASES), blobs=st.lists(st.binary(max_size=300), max_size=4),
+       fix_length=st.booleans())
+def test_open_is_total(case: tuple[int, int, bool], blobs: list[bytes], fix_length: bool) -> None:
+    code, version, etm = case
+    _, r, _ = _pair(code, version, etm)
+    records = []
+    for blob in blobs:
+        if fix_length and len(blob) >= 5:
+            blob = blob[:3] + (len(blob) - 5).to_bytes(2, "big") + blob[5:]
+        records.append(blob)
+    results, alert, reason = r.open(records)
+    assert isinstance(results, list) and isinstance(alert, int) and isinstance(reason, str)
+    assert (alert == 0) == (len(results) == len(records))
