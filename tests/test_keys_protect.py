@@ -64,8 +64,17 @@ def test_seal_open_round_trip_every_suite_and_version(code: int, version: int,
             assert int.from_bytes(rec[1:3], "big") == expected_version
             if version == suites.TLS13:
                 assert rec[0] == suites.APPLICATION_DATA
-        results, alert, reason = r.open(split)
-        assert (alert, reason) == (0, "")
+        results: list = []
+        while split:
+            # open() stops right after a record that is not application_data (it may change
+            # the keys); the caller resubmits the rest.
+            got, alert, reason = r.open(split)
+            assert (alert, reason) == (0, "")
+            assert got
+            if len(got) < len(split):
+                assert got[-1][0] != suites.APPLICATION_DATA
+            results += got
+            split = split[len(got):]
         assert results == list(batch)
     assert w.seq == r.seq == len(records) + 2 + len(records) - 3
 
@@ -161,7 +170,9 @@ def test_tls13_padding_removed_and_inner_type_returned() -> None:
     recs = [_tls13_record(key, iv, 0, b"data\x17" + bytes(100)),
             _tls13_record(key, iv, 1, b"\x15" + bytes(3)),
             _tls13_record(key, iv, 2, b"\x00\x00\x16" + bytes(1))]
-    assert r.open(recs) == ([(23, b"data"), (21, b""), (22, b"\x00\x00")], 0, "")
+    # open() stops after each record that is not application_data.
+    assert r.open(recs) == ([(23, b"data"), (21, b"")], 0, "")
+    assert r.open(recs[2:]) == ([(22, b"\x00\x00")], 0, "")
 
 
 def test_tls13_all_zero_inner_plaintext_is_unexpected_message() -> None:

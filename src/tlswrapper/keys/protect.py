@@ -154,6 +154,9 @@ class Aead13Protection(RecordProtection):
                 if end == 0:
                     return results, suites.UNEXPECTED_MESSAGE, "record has no content type"
             results.append((plain[end - 1], bytes(plain[:end - 1])))
+            if results[-1][0] != suites.APPLICATION_DATA:
+                # It may change the keys (KeyUpdate, Finished): the engine resubmits the rest.
+                break
         return results, 0, ""
 
 
@@ -238,6 +241,9 @@ class Aead12Protection(RecordProtection):
                 return results, suites.BAD_RECORD_MAC, "record did not authenticate"
             self.seq = seq + 1
             results.append((content_type, bytes(plain[:n])))
+            if results[-1][0] != suites.APPLICATION_DATA:
+                # It may change the keys (KeyUpdate, Finished): the engine resubmits the rest.
+                break
         return results, 0, ""
 
 
@@ -349,6 +355,9 @@ class CbcProtection(RecordProtection):
             if len(opened) > suites.MAX_PLAINTEXT:
                 return results, suites.RECORD_OVERFLOW, "plaintext longer than 2^14"
             results.append((content_type, opened))
+            if results[-1][0] != suites.APPLICATION_DATA:
+                # It may change the keys (KeyUpdate, Finished): the engine resubmits the rest.
+                break
         return results, 0, ""
 
     def _open_etm(self, content_type: int, vhi: int, vlo: int,
