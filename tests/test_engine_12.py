@@ -465,3 +465,79 @@ def test_tls13_through_ssl_key_share_mismatch_uses_hello_retry_request(pki):
     hrr = m.parse_server_hello(handshake_messages(w.server_chunks[0])[0][1])
     assert hrr.is_hello_retry_request
     w.exchange(10)
+
+
+# --- the client's Finished, tampered ------------------------------------------------------
+
+def _second_flight(pki, tmp_path):
+    """An ssl client up to its second flight (ClientKeyExchange, CCS, Finished), held back;
+    returns the wire, that flight's records and the client's write key and salt."""
+    keylog = tmp_path / "keys.log"
+    w = SslWire(pki, client_context(pki, ciphers="ECDHE-ECDSA-AES128-GCM-SHA256",
+                                    keylog=str(keylog)))
+    try:
+        w.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    w.move()   # ClientHello in, server flight out and into the client
+    try:
+        w.tls.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    flight = records(w.outgoing.read())
+    assert [ct for ct, _ in flight] == [s.HANDSHAKE, s.CHANGE_CIPHER_SPEC, s.HANDSHAKE]
+    client_random = w.client_hello().random
+    server_random = w.server_hello().random
+    master = next(bytes.fromhex(line.split()[2]) for line in keylog.read_text().splitlines()
+                  if line.startswith("CLIENT_RANDOM " + client_random.hex()))
+    block = _prf(master, b"key expansion", server_random + client_random, 40)
+    return w, flight, block[:16], block[32:36]
+
+
+def _frame(content_type: int, body: bytes) -> bytes:
+    return bytes((content_type, 3, 3)) + len(body).to_bytes(2, "big") + body
+
+
+def test_tls12_tampered_finished_record_is_bad_record_mac(pki, tmp_path):
+    w, flight, _, _ = _second_flight(pki, tmp_path)
+    fin = bytearray(flight[2][1])
+    fin[-1] ^= 1
+    data = b"".join(_frame(ct, body) for ct, body in flight[:2]) + _frame(s.HANDSHAKE, fin)
+    events = w.server.receive(data)
+    assert events[-1].alert == s.BAD_RECORD_MAC
+    assert _alert_sent(w.server) == (2, s.BAD_RECORD_MAC)   # in the clear: no CCS sent yet
+
+
+def test_tls12_wrong_finished_verify_data_is_decrypt_error(pki, tmp_path):
+    w, flight, key, salt = _second_flight(pki, tmp_path)
+    bad = _gcm12_seal(key, salt, 0, s.HANDSHAKE,
+                      handshake_message(s.HS_FINISHED, b"\x00" * 12))
+    data = b"".join(_frame(ct, body) for ct, body in flight[:2]) + bad
+    events = w.server.receive(data)
+    assert events[-1].alert == s.DECRYPT_ERROR
+    assert _alert_sent(w.server) == (2, s.DECRYPT_ERROR)
+
+
+def test_tls12_finished_without_ccs_is_unexpected(pki, tmp_path):
+    w, flight, _, _ = _second_flight(pki, tmp_path)
+    data = _frame(*flight[0]) + _frame(*flight[2])
+    events = w.server.receive(data)
+    assert events[-1].alert == s.UNEXPECTED_MESSAGE
+    assert _alert_sent(w.server) == (2, s.UNEXPECTED_MESSAGE)
+
+
+def test_tls12_application_data_before_finished_is_unexpected(pki, tmp_path):
+    w, flight, key, salt = _second_flight(pki, tmp_path)
+    data = b"".join(_frame(ct, body) for ct, body in flight[:2]) \
+        + _gcm12_seal(key, salt, 0, s.APPLICATION_DATA, b"early")
+    events = w.server.receive(data)
+    assert events[-1].alert == s.UNEXPECTED_MESSAGE
+
+
+def test_tls12_key_update_is_unexpected(pki, tmp_path):
+    w, flight, key, salt = _second_flight(pki, tmp_path)
+    w.server.receive(b"".join(_frame(ct, body) for ct, body in flight))
+    assert w.server.handshake_done
+    events = w.server.receive(_gcm12_seal(key, salt, 1, s.HANDSHAKE,
+                                          handshake_message(s.HS_KEY_UPDATE, b"\x00")))
+    assert events[-1].alert == s.UNEXPECTED_MESSAGE
