@@ -12,7 +12,6 @@ ML-KEM: it is covered by the in-test client (test_engine_13.py).
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import ssl
@@ -276,7 +275,6 @@ def test_ssl_client_reports_the_alert(pki, config, alert_text):
 
 def _client_hello_12(suites_=(0xC02B, 0xC02F, s.TLS_EMPTY_RENEGOTIATION_INFO_SCSV),
                      ems: bool = True, legacy_version: int = s.TLS12) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric import x25519  # noqa: F401
     exts = [
         m.Extension(s.EXT_SERVER_NAME, m.build_server_name("localhost")),
         m.Extension(s.EXT_SUPPORTED_GROUPS, m.build_supported_groups((s.X25519, s.SECP256R1))),

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tls13client import ALL_GROUPS, ALL_SUITES_13, Options, TLS13Client, Wire
+from tls13client import ALL_SUITES_13, KeyShare, Options, Protection, TLS13Client, Wire
 from tlswrapper.keys.local import LocalKeyService
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
@@ -172,6 +172,27 @@ def test_second_client_hello_without_the_requested_share(pki, shares):
                   key_share_groups=(s.X25519,), hrr_key_shares=shares)
     w.handshake()
     assert w.client.hello_retry_request is not None
+    assert_failed(w, s.ILLEGAL_PARAMETER)
+
+
+@pytest.mark.parametrize("change", ["cipher_suites", "session_id"])
+def test_second_client_hello_that_changes_is_illegal_parameter(pki, change):
+    config = ServerConfig(groups=("secp384r1",))
+    w = make_wire(pki, config=config, groups=(s.X25519, s.SECP384R1),
+                  key_share_groups=(s.X25519,))
+
+    def second_shares(group):
+        # Change the ClientHello between the two sends (RFC 8446 4.1.2 forbids it).
+        if change == "cipher_suites":
+            w.client.o.cipher_suites = w.client.o.cipher_suites[1:]
+        else:
+            w.client.session_id = os.urandom(32)
+        share = KeyShare(group)
+        w.client.shares = {group: share}
+        return ((group, share.public),)
+
+    w.client.o.hrr_key_shares = second_shares
+    w.handshake()
     assert_failed(w, s.ILLEGAL_PARAMETER)
 
 
@@ -371,15 +392,25 @@ def test_padding_only_handshake_record_after_the_handshake(pki):
     exchange(w, 10)
 
 
-def test_padded_client_finished(pki):
-    w = make_wire(pki)
+def _up_to_client_finished(w: Wire) -> bytes:
+    """Run the handshake until the client has queued its Finished; return that message
+    (not sent) and leave the client's write keys on the handshake secret."""
     w.client.start()
-    w.pump()
-    assert w.of_type(ClientHelloReceived)
-    # The wire already delivered our Finished; check the padded path on data instead.
+    w._server_events(w.server.receive(w.client.data_to_send()))
+    w.client.receive(w.server.outgoing())
+    w.client.data_to_send()   # drop what the client queued (CCS, Finished)
+    w.client.write = Protection(w.client.suite, w.client._c_hs)
+    return w.client.transcript[-1]
+
+
+def test_padded_client_finished(pki):
+    w = make_wire(pki, session_id=b"")
+    finished = _up_to_client_finished(w)
+    w.client.send_protected(s.HANDSHAKE, finished, padding_len=500)
+    w.client.write = Protection(w.client.suite, w.client._c_ap)
     w.client.send(b"abc", padding_len=1000)
     w.pump()
-    assert w.app_data() == b"abc"
+    assert w.of_type(HandshakeComplete) and w.app_data() == b"abc"
 
 
 def test_inner_plaintext_over_2_14_is_record_overflow(pki):
@@ -650,7 +681,11 @@ def test_key_share_for_group_not_offered_is_illegal_parameter(pki):
     (s.SECP256R1, b"\x04" + bytes(64)),        # not on the curve
     (s.SECP256R1, b"\x02" + os.urandom(32)),   # compressed: not allowed
     (s.X25519MLKEM768, os.urandom(100)),
-], ids=["x25519-zero", "x25519-short", "p256-off-curve", "p256-compressed", "mlkem-short"])
+    # FIPS 203 7.2 modulus check: 12-bit coefficients of 0xFFF are not below q = 3329.
+    (s.X25519MLKEM768, b"\xff" * 1184 + os.urandom(32)),
+    (s.X25519MLKEM768, b"\x00" * 1184 + bytes(32)),
+], ids=["x25519-zero", "x25519-short", "p256-off-curve", "p256-compressed", "mlkem-short",
+        "mlkem-not-reduced", "mlkem-zero-x25519"])
 def test_bad_key_share_is_illegal_parameter(pki, group, share):
     w = make_wire(pki, groups=(group,),
                   extra_extensions=())
@@ -748,15 +783,7 @@ def test_bad_client_finished_is_decrypt_error(pki):
 
 def test_client_finished_of_wrong_length_is_decode_error(pki):
     w = make_wire(pki, session_id=b"")
-    w.client.start()
-    w.pump()
-    # Replace the Finished the client queued (already delivered by pump): use a fresh wire.
-    w = make_wire(pki, session_id=b"")
-    w.client.start()
-    w._server_events(w.server.receive(w.client.data_to_send()))
-    w.client.receive(w.server.outgoing())
-    w.client.data_to_send()   # drop the real Finished
-    w.client.write = type(w.client.write)(w.client.suite, w.client._c_hs)
+    _up_to_client_finished(w)
     w.client.send_protected(s.HANDSHAKE, handshake_message(s.HS_FINISHED, b"\x00" * 31))
     w.pump()
     assert_failed(w, s.DECODE_ERROR)
@@ -776,12 +803,26 @@ def test_tampered_client_finished_record_is_bad_record_mac(pki):
 
 def test_application_data_before_client_finished_is_unexpected(pki):
     w = make_wire(pki, session_id=b"")
-    w.client.start()
-    w._server_events(w.server.receive(w.client.data_to_send()))
-    w.client.receive(w.server.outgoing())
-    w.client.data_to_send()   # hold back the Finished
-    w.client.write = type(w.client.write)(w.client.suite, w.client._c_hs)
+    _up_to_client_finished(w)
     w.client.send_protected(s.APPLICATION_DATA, b"too early")
+    w.pump()
+    assert_failed(w, s.UNEXPECTED_MESSAGE)
+
+
+def test_finished_split_across_records_with_data_after_it_in_the_last(pki):
+    # RFC 8446 5.1: the Finished must end at a record boundary (a key change follows).
+    w = make_wire(pki, session_id=b"")
+    finished = _up_to_client_finished(w)
+    w.client.send_protected(s.HANDSHAKE, finished[:10])
+    w.client.send_protected(s.HANDSHAKE, finished[10:] + handshake_message(
+        s.HS_KEY_UPDATE, b"\x00"))
+    w.pump()
+    assert_failed(w, s.UNEXPECTED_MESSAGE)
+
+
+def test_ccs_before_client_hello_is_unexpected(pki):
+    w = make_wire(pki)
+    w.client.send_ccs()
     w.pump()
     assert_failed(w, s.UNEXPECTED_MESSAGE)
 

@@ -201,9 +201,9 @@ class Options:
     sni: str | None = "localhost"
     session_id: bytes | None = None     # None: 32 random bytes (middlebox mode); b"": empty
     versions: tuple[int, ...] = (s.TLS13,)
-    psk: bool = False                   # offer a (made-up) PSK: psk_key_exchange_modes + pre_shared_key
+    psk: bool = False                   # offer a made-up PSK (psk_key_exchange_modes, pre_shared_key)
     early_data: bytes = b""             # with psk: 0-RTT data sent after the ClientHello
-    send_ccs: bool | None = None        # middlebox CCS before the second flight; None: if session_id
+    send_ccs: bool | None = None        # middlebox CCS before our 2nd flight; None: if session_id
     omit_extensions: tuple[int, ...] = ()
     extra_extensions: tuple[m.Extension, ...] = ()
     # HelloRetryRequest: shares for the second ClientHello; None: the group asked for.
