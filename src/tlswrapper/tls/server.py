@@ -103,6 +103,8 @@ class ServerConnection:
         self._client_random = b""
         self._server_random = b""
         self._ems = False
+        self._etm_offered = False   # RFC 7366 encrypt_then_mac in the ClientHello
+        self._etm = False           # ... and used: offered and a CBC suite chosen
         self._expected_client_finished = b""
         self._early_data_offered = False
         self._skipped_early_data = 0
@@ -522,6 +524,10 @@ class ServerConnection:
         self._secure_renegotiation = raw is not None or \
             suites.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
         self._ems = hello.extension(suites.EXT_EXTENDED_MASTER_SECRET) is not None
+        raw = hello.extension(suites.EXT_ENCRYPT_THEN_MAC)
+        if raw is not None and raw != b"":
+            raise _Abort(suites.DECODE_ERROR, "encrypt_then_mac extension not empty")
+        self._etm_offered = raw is not None
         raw = hello.extension(suites.EXT_EC_POINT_FORMATS)
         self._point_formats = m.parse_ec_point_formats(raw) if raw is not None else None
 
@@ -762,6 +768,10 @@ class ServerConnection:
                                           m.build_renegotiation_info(b"")))
         if self._ems:
             extensions.append(m.Extension(suites.EXT_EXTENDED_MASTER_SECRET, b""))
+        # RFC 7366 3: encrypt-then-MAC only for a CBC suite; an AEAD suite ignores the offer.
+        self._etm = self._etm_offered and self.suite.mac is not None
+        if self._etm:
+            extensions.append(m.Extension(suites.EXT_ENCRYPT_THEN_MAC, b""))
         if self._point_formats is not None:
             extensions.append(m.Extension(suites.EXT_EC_POINT_FORMATS,
                                           m.build_ec_point_formats(b"\x00")))
@@ -793,7 +803,7 @@ class ServerConnection:
         self._transcript.append(whole)
         session_hash = self._transcript_hash() if self._ems else None
         self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
-                           self._server_random, session_hash)
+                           self._server_random, session_hash, self._etm)
         self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
                                                               self._transcript_hash())
         self.state = State.WAIT_CHANGE_CIPHER_SPEC
