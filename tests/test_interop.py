@@ -43,13 +43,11 @@ X25519MLKEM768 in 1.2 (RFC: hybrid groups are TLS 1.3 only). RSA-PSS certificate
 
 from __future__ import annotations
 
-import os
 import re
 import select
 import socket
 import ssl
 import time
-from pathlib import Path
 
 import pytest
 
