@@ -39,6 +39,9 @@ MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
 _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+# TLS 1.0-1.2: the group an ECDSA certificate's key is on (RFC 8422 5.1, 5.3).
+_CERT_CURVE = {suites.KEY_EC_P256: suites.SECP256R1, suites.KEY_EC_P384: suites.SECP384R1,
+               suites.KEY_EC_P521: suites.SECP521R1}
 
 
 class State(Enum):
@@ -386,6 +389,12 @@ class ServerConnection:
         self._events.append(ConnectionFailed(None, f"client sent alert {name}"))
 
     def _handshake_fragment(self, fragment: bytes) -> None:
+        if self._handshake.empty() and fragment and fragment[0] not in _EXPECTED.get(
+                (self.state, self.version == suites.TLS13), ()):
+            # Judge the type on the first byte: an out-of-place message (e.g. a Finished
+            # before the CCS) is unexpected_message, not a length error after buffering.
+            raise _Abort(suites.UNEXPECTED_MESSAGE,
+                         f"unexpected handshake message {fragment[0]} in {self.state.name}")
         self._handshake.feed(fragment)
         while self.state not in (State.FAILED, State.CHOOSE_CERTIFICATE):
             got = self._handshake.next_message()
@@ -470,8 +479,9 @@ class ServerConnection:
     def _negotiate_version(self, hello: m.ClientHello) -> int:
         cfg = self.config
         raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
-        if raw is not None and cfg.version_max >= suites.TLS13:
-            # RFC 8446 4.2.1: with supported_versions, only it counts.
+        if raw is not None:
+            # RFC 8446 4.2.1: with supported_versions, only it counts (also when TLS 1.3
+            # is disabled: a client offering only TLS 1.3 gets protocol_version).
             offered = m.parse_supported_versions_client(raw)
             for v in sorted(set(offered), reverse=True):
                 if cfg.version_min <= v <= cfg.version_max:
@@ -614,6 +624,9 @@ class ServerConnection:
         chosen = None
         for index, cand in self._usable_candidates(candidates):
             auth = "rsa" if cand.key_type == suites.KEY_RSA else "ecdsa"
+            if auth == "ecdsa" and self._groups and \
+                    _CERT_CURVE.get(cand.key_type) not in self._groups:
+                continue   # RFC 8422 5.1: the certificate's curve must be one the client lists
             usable = [c for c in enabled if suites.SUITES[c].auth == auth]
             suite = self._pick_suite(hello.cipher_suites, usable)
             scheme = next((s for s in suites.SCHEMES_12.get(cand.key_type, ())
