@@ -1,0 +1,174 @@
+"""PROXY protocol version 1 (HAProxy's text header): parse it incrementally, and build it.
+
+    PROXY TCP4 <src ip> <dst ip> <src port> <dst port>\\r\\n
+    PROXY TCP6 <src ip> <dst ip> <src port> <dst port>\\r\\n
+    PROXY UNKNOWN[ anything]\\r\\n
+
+Rule: the header comes from the network before anything else is checked, so the parser is
+strict and bounded. At most 107 bytes including the CRLF; single spaces; the addresses must
+parse (with the ipaddress module) as the family named; ports are 0-65535 in plain decimal
+(no sign, no leading zero); only printable ASCII. A line is refused as soon as its prefix can
+no longer become a valid header (a TLS ClientHello sent without a header fails at its first
+byte instead of after 107 bytes). The parser never takes a byte past the CRLF: what follows
+the header (the start of the TLS ClientHello) is handed back as `rest`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+MAX_LINE = 107                   # the protocol's limit, "PROXY" to CRLF inclusive
+SIGNATURE = b"PROXY "
+_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
+_IPV4_CHARS = re.compile(rb"[0-9.]{7,15}")
+_IPV6_CHARS = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
+
+
+class ProxyError(ValueError):
+    """The header is malformed; the message is one line for the log (no client bytes raw)."""
+
+
+@dataclass(frozen=True)
+class ProxyHeader:
+    """A parsed header. For UNKNOWN every address field is None (keep the socket's)."""
+    family: str                          # "TCP4", "TCP6" or "UNKNOWN"
+    source_ip: str | None = None         # the client
+    dest_ip: str | None = None           # the address the client connected to
+    source_port: int | None = None
+    dest_port: int | None = None
+
+    def environment(self) -> dict[str, str]:
+        """TCPREMOTEIP/TCPREMOTEPORT/TCPLOCALIP/TCPLOCALPORT as tcpserver would set them for
+        the proxied connection; empty for UNKNOWN."""
+        if self.family == "UNKNOWN":
+            return {}
+        return {"TCPREMOTEIP": str(self.source_ip), "TCPREMOTEPORT": str(self.source_port),
+                "TCPLOCALIP": str(self.dest_ip), "TCPLOCALPORT": str(self.dest_port)}
+
+
+def _address(field: bytes, family: str, what: str) -> str:
+    if family == "TCP4":
+        ok = _IPV4_CHARS.fullmatch(field) is not None
+        cls: type = ipaddress.IPv4Address
+    else:
+        # Character check first: ipaddress also takes "fe80::1%eth0" (a scope id).
+        ok = _IPV6_CHARS.fullmatch(field) is not None
+        cls = ipaddress.IPv6Address
+    try:
+        if not ok:
+            raise ValueError
+        addr = cls(field.decode("ascii"))
+    except ValueError:
+        raise ProxyError(f"bad {what} address for {family}") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        # As for a socket address: tcpserver shows an IPv4-mapped client as plain IPv4.
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _port(field: bytes, what: str) -> int:
+    if _PORT.fullmatch(field) is None or int(field) > 65535:
+        raise ProxyError(f"bad {what} port")
+    return int(field)
+
+
+def parse_line(line: bytes) -> ProxyHeader:
+    """Parse one complete header line, CRLF included. Raises ProxyError."""
+    if len(line) > MAX_LINE:
+        raise ProxyError(f"header longer than {MAX_LINE} bytes")
+    if not line.endswith(b"\r\n"):
+        raise ProxyError("header does not end with CRLF")
+    body = line[:-2]
+    _check_prefix(body)
+    if b"\r" in body or b"\n" in body:
+        raise ProxyError("CR or LF inside the header")
+    fields = body.split(b" ")
+    if fields[0] != b"PROXY" or len(fields) < 2:
+        raise ProxyError("no PROXY signature")
+    family = fields[1]
+    if family == b"UNKNOWN":
+        # The protocol says: ignore whatever follows UNKNOWN up to the CRLF.
+        return ProxyHeader("UNKNOWN")
+    if family not in (b"TCP4", b"TCP6"):
+        raise ProxyError("unknown protocol family")
+    if len(fields) != 6:
+        raise ProxyError(f"{len(fields)} fields instead of 6 (single spaces only)")
+    name = family.decode()
+    src = _address(fields[2], name, "source")
+    dst = _address(fields[3], name, "destination")
+    return ProxyHeader(name, src, dst, _port(fields[4], "source"),
+                       _port(fields[5], "destination"))
+
+
+def _check_prefix(data: bytes) -> None:
+    """Refuse early what can never become a valid header (raises ProxyError)."""
+    n = min(len(data), len(SIGNATURE))
+    if data[:n] != SIGNATURE[:n]:
+        raise ProxyError("no PROXY signature")
+    for b in data:
+        if not 0x20 <= b < 0x7F and b not in (0x0D, 0x0A):
+            raise ProxyError("non-printable byte in the header")
+
+
+class ProxyReader:
+    """Feed it the first bytes of the connection as they arrive.
+
+    feed() returns None while the header is incomplete, the ProxyHeader once the CRLF has
+    arrived, and raises ProxyError for a malformed or over-long header. After the header,
+    `rest` holds the bytes that followed it in the same reads; they are not part of the
+    header and belong to whatever comes next (the TLS handshake)."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self.header: ProxyHeader | None = None
+        self.rest = b""
+
+    def feed(self, data: bytes) -> ProxyHeader | None:
+        if self.header is not None:
+            raise ProxyError("header already complete")
+        start = max(0, len(self._buf) - 1)     # a CR may end the previous piece
+        self._buf += data
+        end = self._buf.find(b"\r\n", start)
+        if end < 0:
+            head = bytes(self._buf[:MAX_LINE])
+            _check_prefix(head)
+            # A lone CR or LF before the end can never become a valid line.
+            cr = head.find(b"\r")
+            if head.find(b"\n") >= 0 or 0 <= cr < len(head) - 1:
+                raise ProxyError("CR or LF inside the header")
+            if len(self._buf) >= MAX_LINE:
+                raise ProxyError(f"no CRLF within {MAX_LINE} bytes")
+            return None
+        line = bytes(self._buf[:end + 2])
+        if len(line) > MAX_LINE:
+            raise ProxyError(f"no CRLF within {MAX_LINE} bytes")
+        header = parse_line(line)
+        self.rest = bytes(self._buf[end + 2:])
+        self._buf.clear()
+        self.header = header
+        return header
+
+
+def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes:
+    """The header line for a connection from `source` to `dest` (ip, port). UNKNOWN when an
+    address is missing, does not parse, or the two are of different families."""
+    if source is None or dest is None:
+        return b"PROXY UNKNOWN\r\n"
+    try:
+        addrs = []
+        for ip, port in (source, dest):
+            addr = ipaddress.ip_address(str(ip).split("%", 1)[0])
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+                addr = addr.ipv4_mapped
+            if not 0 <= int(port) <= 65535:
+                raise ValueError
+            addrs.append((addr, int(port)))
+    except (ValueError, TypeError):
+        return b"PROXY UNKNOWN\r\n"
+    (sa, sp), (da, dp) = addrs
+    if sa.version != da.version:
+        return b"PROXY UNKNOWN\r\n"
+    family = "TCP4" if sa.version == 4 else "TCP6"
+    return f"PROXY {family} {sa} {da} {sp} {dp}\r\n".encode("ascii")
