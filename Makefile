@@ -15,8 +15,10 @@ PYTEST_ARGS ?=
 # What the tests call as real peers and harnesses:
 #   openssl, gnutls-bin (gnutls-cli), curl: TLS clients; tlswrapper: Debian's C version, for
 #   comparisons; ucspi-tcp: tcpserver; socat, busybox (tcpsvd): plumbing; chromium: the
-#   X25519MLKEM768 interop client; python3-venv: for the venv below.
-TEST_PACKAGES := openssl gnutls-bin curl tlswrapper ucspi-tcp socat busybox chromium python3-venv
+#   X25519MLKEM768 interop client; python3-venv: for the venv below; nginx-light,
+#   exim4-daemon-light, postgrey: the real servers behind tlswrapper-tcp / tlswrapper-smtp.
+TEST_PACKAGES := openssl gnutls-bin curl tlswrapper ucspi-tcp socat busybox chromium python3-venv \
+	nginx-light exim4-daemon-light postgrey
 DEMO_PACKAGES := ucspi-tcp python3-venv
 
 DEMO_HOST := 127.0.0.1
