@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tls13client import Options, TLS13Client, Wire
-from tlswrapper.keys.local import LocalKeyService
+from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse fixture)
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
 from tlswrapper.tls.events import (AlertReceived, ApplicationData, ClientHelloReceived,
@@ -32,7 +32,7 @@ def cert_paths(pki):
 
 
 def fresh(cert_paths):
-    keys = LocalKeyService()
+    keys = new_key_service()
     candidates = keys.load(cert_paths)
     return ServerConnection(CONFIG, keys), candidates
 

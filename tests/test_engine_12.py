@@ -19,7 +19,7 @@ import ssl
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tlswrapper.keys.local import LocalKeyService
+from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse fixture)
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
@@ -84,7 +84,7 @@ class SslWire:
 
     def __init__(self, pki, ctx: ssl.SSLContext, certs=("ecdsa-p256",),
                  config: ServerConfig | None = None, sni: str | None = "localhost") -> None:
-        keys = LocalKeyService()
+        keys = new_key_service()
         self.candidates = keys.load([str(pki[c].path) for c in certs])
         self.server = ServerConnection(config or ServerConfig(groups=ALL_GROUPS), keys)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -291,7 +291,7 @@ def _client_hello_12(suites_=(0xC02B, 0xC02F, s.TLS_EMPTY_RENEGOTIATION_INFO_SCS
 
 
 def _server(pki, config: ServerConfig | None = None, cert: str = "ecdsa-p256"):
-    keys = LocalKeyService()
+    keys = new_key_service()
     server = ServerConnection(config or ServerConfig(groups=ALL_GROUPS), keys)
     server._test_candidates = keys.load([str(pki[cert].path)])
     return server

@@ -9,7 +9,7 @@ import os
 import pytest
 
 from tls13client import ALL_SUITES_13, KeyShare, Options, Protection, TLS13Client, Wire
-from tlswrapper.keys.local import LocalKeyService
+from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse fixture)
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
@@ -31,7 +31,7 @@ ALL_CONFIG = ServerConfig(groups=ALL_GROUP_NAMES)
 
 def make_wire(pki, certs=("ecdsa-p256",), config: ServerConfig = ALL_CONFIG,
               candidates=None, **client_kw) -> Wire:
-    keys = LocalKeyService()
+    keys = new_key_service()
     paths = [c if os.path.isabs(c) else str(pki[c].path) for c in certs]
     loaded = keys.load(paths)
     server = ServerConnection(config, keys)

@@ -1,0 +1,31 @@
+"""Both KeyService implementations for the engine tests (ARCHITECTURE MUST 2): the engine
+tests run once with the in-process LocalKeyService and once with the PipeKeyService talking
+to a real forked key process (not jailed here: jailing is tested on its own)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tlswrapper.keyclient import start_key_process
+from tlswrapper.keys.local import LocalKeyService
+
+_state: dict = {"kind": "local", "started": []}
+
+
+def new_key_service():
+    if _state["kind"] == "pipe":
+        service, _pid = start_key_process(jail=None)
+        _state["started"].append(service)
+        return service
+    return LocalKeyService()
+
+
+@pytest.fixture(autouse=True, params=["local", "pipe"])
+def key_service_kind(request):
+    """Autouse in the engine test modules: every test runs with both implementations."""
+    _state["kind"] = request.param
+    yield request.param
+    for service in _state["started"]:
+        service.close()
+    _state["started"].clear()
+    _state["kind"] = "local"
