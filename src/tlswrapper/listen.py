@@ -1,0 +1,362 @@
+"""tlswrapper-listen: the built-in listener. One process imports everything once, accepts, and
+forks one child per connection; the child is exactly tlswrapper under `tcpserver -HRDl0`
+(connection on fd 0/1, TCP* variables set, then relay.run: its own network process, key
+process and jail).
+
+Rule: the listener never reads a key or a client byte; it only binds (or takes systemd's
+socket), accepts, forks and reaps. Over the concurrency limit it stops accepting, so new
+connections wait in the kernel's backlog. SIGTERM (or SIGINT): stop accepting, let the open
+connections finish, exit 0.
+
+    tlswrapper-listen [-c limit] [-b backlog] host port [tlswrapper options] prog [args...]
+    tlswrapper-listen [-c limit] - [tlswrapper options] prog [args...]     (systemd, Accept=no)
+
+Why a separate command and not `tlswrapper -l host:port`: the tlswrapper command line stays
+exactly the C version's (no new letter), and the listener can use tcpserver's own letters
+(-c limit, -b backlog), which in tlswrapper's namespace already mean a cipher and nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import gc
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from typing import NoReturn, Sequence
+
+from . import cli, jail, log
+
+EXIT_USAGE = cli.EXIT_USAGE
+EXIT_FAILURE = cli.EXIT_FAILURE
+DEFAULT_LIMIT = 100          # tcpserver's -c default
+DEFAULT_BACKLOG = 128
+MAX_LIMIT = 100000
+USAGE = "tlswrapper-listen [ -c limit ] [ -b backlog ] host port | - [tlswrapper options] prog [args...]"
+SD_LISTEN_FDS_START = 3      # sd_listen_fds(3): the first passed descriptor
+
+# The variables tcpserver -HRDl0 sets (PROTO, TCPLOCALHOST=0 from -l0) or unsets (-H: no
+# TCPREMOTEHOST, -R: no TCPREMOTEINFO); the four addresses are set per connection.
+_UNSET = ("TCPREMOTEHOST", "TCPREMOTEINFO")
+
+
+class ListenError(Exception):
+    """The listener cannot start: one fatal line; `code` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _number(what: str, value: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise cli.OptionError(f"{what} must be a number from {low} to {high}, not "
+                              f"'{log.escape(value)}'")
+    return int(value)
+
+
+def parse(args: Sequence[str]) -> tuple[dict, list[str]]:
+    """The listener's own options and address; returns (settings, tlswrapper's arguments).
+    settings: limit, backlog, host (None for `-`), port."""
+    settings: dict = {"limit": DEFAULT_LIMIT, "backlog": DEFAULT_BACKLOG, "host": None,
+                      "port": None}
+    args = list(args)
+    i = 0
+    while i < len(args) and args[i].startswith("-") and len(args[i]) > 1:
+        arg = args[i]
+        if arg == "--":
+            i += 1
+            break
+        letter = arg[1]
+        if letter not in "cb":
+            raise cli.UsageError(f"unknown option -{log.escape(letter)}")
+        value = arg[2:]
+        if not value:
+            i += 1
+            if i >= len(args):
+                raise cli.UsageError(f"option -{letter} needs a value")
+            value = args[i]
+        if letter == "c":
+            settings["limit"] = _number("limit", value, 1, MAX_LIMIT)
+        else:
+            settings["backlog"] = _number("backlog", value, 1, 65535)
+        i += 1
+    if i >= len(args):
+        raise cli.UsageError("no host and port given")
+    if args[i] == "-":
+        return settings, args[i + 1:]
+    if i + 1 >= len(args):
+        raise cli.UsageError("no port given")
+    settings["host"] = args[i]
+    settings["port"] = _number("port", args[i + 1], 0, 65535)
+    return settings, args[i + 2:]
+
+
+# --------------------------------------------------------------------------- the socket
+
+def systemd_socket(environ=os.environ) -> socket.socket | None:
+    """The listening socket systemd passed (Accept=no), or None when the variables are
+    absent or meant for another process (LISTEN_PID is not ours). Raises ListenError for a
+    passed descriptor we cannot use. The variables are removed, as sd_listen_fds(1) does, so
+    that prog does not inherit them."""
+    fds, pid = environ.get("LISTEN_FDS"), environ.get("LISTEN_PID")
+    for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        environ.pop(name, None)
+    if not fds or not pid or not pid.isdigit() or int(pid) != os.getpid():
+        return None
+    if not fds.isdigit() or int(fds) < 1:
+        return None
+    if int(fds) > 1:
+        raise ListenError(f"systemd passed {fds} sockets; one ListenStream= is supported")
+    try:
+        sock = socket.socket(fileno=SD_LISTEN_FDS_START)
+    except OSError as e:
+        raise ListenError(f"unable to use the socket from systemd on fd 3 "
+                          f"({log.oserror_text(e)})") from None
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+            or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ListenError("fd 3 from systemd is not a listening TCP socket "
+                          "(ListenStream= with Accept=no is needed)")
+    os.set_inheritable(SD_LISTEN_FDS_START, False)
+    return sock
+
+
+def bind(host: str, port: int, backlog: int) -> socket.socket:
+    """A listening socket on host:port; `0` is any IPv4 address (as in tcpserver), `::` any
+    IPv6 address and IPv4 too."""
+    if host == "0":
+        host = "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                   socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as e:
+        raise ListenError(f"unable to resolve '{log.escape(host)}' ({e})", EXIT_USAGE) from None
+    family, type_, proto, _, address = infos[0]
+    try:
+        sock = socket.socket(family, type_, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "::" serves IPv4 as well (mapped addresses, shown as plain IPv4 to prog).
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        sock.bind(address)
+        sock.listen(backlog)
+    except OSError as e:
+        raise ListenError(f"unable to bind {log.escape(host)} port {port} "
+                          f"({log.oserror_text(e)})") from None
+    return sock
+
+
+# --------------------------------------------------------------------------- one connection
+
+def _plain(ip: str) -> str:
+    return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip.split("%", 1)[0]
+
+
+def connection_environment(conn: socket.socket) -> dict[str, str]:
+    """What tcpserver -HRDl0 sets for this connection."""
+    local = conn.getsockname()
+    remote = conn.getpeername()
+    return {"PROTO": "TCP", "TCPLOCALIP": _plain(local[0]), "TCPLOCALPORT": str(local[1]),
+            "TCPLOCALHOST": "0", "TCPREMOTEIP": _plain(remote[0]),
+            "TCPREMOTEPORT": str(remote[1])}
+
+
+def serve_connection(conn: socket.socket, close: Sequence[int], options: cli.Options) -> NoReturn:
+    """In the forked child: become `tlswrapper` under tcpserver for `conn`, then exit with its
+    status. Never returns into the listener's loop."""
+    code = EXIT_FAILURE
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in close:
+            os.close(fd)
+        try:
+            env = connection_environment(conn)
+        except OSError:
+            env = {}       # the client is gone already; relay.run ends it quickly
+        fd = conn.detach()
+        os.dup2(fd, 0)
+        os.dup2(fd, 1)
+        if fd > 1:
+            os.close(fd)
+        for name in _UNSET:
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        from .relay import run
+        code = run(options)
+    except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the loop
+        try:
+            log.fatal(f"internal error ({type(e).__name__}: {e})")
+        except BaseException:    # noqa: BLE001
+            pass
+    try:
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    # os._exit: no interpreter teardown (it costs milliseconds and does nothing useful here).
+    os._exit(code if isinstance(code, int) else EXIT_FAILURE)
+
+
+# --------------------------------------------------------------------------- the loop
+
+class Listener:
+    def __init__(self, sock: socket.socket, options: cli.Options, limit: int) -> None:
+        self.sock = sock
+        self.options = options
+        self.limit = limit
+        self.children: set[int] = set()
+        self.stopping = False
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.stopping = True
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self.sock.accept()
+        except BlockingIOError:
+            return
+        except InterruptedError:
+            return
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning(f"unable to accept ({log.oserror_text(e)}); pausing")
+                time.sleep(0.1)
+            return          # ECONNABORTED and the like: the client gave up, go on
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.warning(f"unable to fork ({log.oserror_text(e)})")
+            conn.close()
+            time.sleep(0.1)
+            return
+        if pid == 0:
+            serve_connection(conn, (self.sock.fileno(), self._wake_r, self._wake_w),
+                             self.options)
+        conn.close()
+        self.children.add(pid)
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        self.sock.setblocking(False)
+        listening = self.sock.fileno()
+        while not self.stopping:
+            self._reap()
+            readers = [self._wake_r]
+            if len(self.children) < self.limit:
+                readers.append(listening)
+            try:
+                ready, _, _ = select.select(readers, [], [])
+            except InterruptedError:
+                continue
+            if self._wake_r in ready:
+                self._drain_wakeups()
+            if listening in ready and not self.stopping:
+                self._accept()
+        # Stop accepting: with our own socket new connections are refused from now on; a
+        # socket from systemd stays open in systemd, which queues them for the next start.
+        self.sock.close()
+        log.info(f"stopping: waiting for {len(self.children)} connection(s) to finish")
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        while self.children:
+            try:
+                pid, _ = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            except InterruptedError:
+                continue
+            self.children.discard(pid)
+        return 0
+
+
+def prepare_imports() -> None:
+    """Everything a connection needs, imported (and initialised) once, before the first
+    fork: the relay and engine, the key process's code and cryptography's backend, libc for
+    prctl. A forked child then loads nothing."""
+    from . import relay  # noqa: F401
+    from .keys import local  # noqa: F401
+    jail.prepare()
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    code = EXIT_FAILURE
+    log.setup(name="tlswrapper-listen", verbosity=log.DEFAULT)
+    try:
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            settings, rest = parse(args)
+            options = cli.parse(rest)
+        except cli.UsageError as e:
+            log.setup(verbosity=max(log.verbosity(), log.FATAL))
+            log.fatal(f"{e}; usage: {USAGE}")
+            sys.exit(EXIT_USAGE)
+        except cli.OptionError as e:
+            log.fatal(str(e))
+            sys.exit(EXIT_USAGE)
+        log.setup(name="tlswrapper-listen", verbosity=options.verbosity)
+        try:
+            sock = systemd_socket()
+            if sock is None:
+                if settings["host"] is None:
+                    raise ListenError("'-' needs a socket from systemd (LISTEN_FDS, LISTEN_PID)",
+                                      EXIT_USAGE)
+                sock = bind(settings["host"], settings["port"], settings["backlog"])
+            else:
+                log.info("using the listening socket from systemd")
+            prepare_imports()
+        except ListenError as e:
+            log.fatal(str(e))
+            sys.exit(e.code)
+        except (OSError, jail.JailError) as e:
+            log.fatal(f"unable to start: {e}")
+            sys.exit(EXIT_FAILURE)
+        address = sock.getsockname()
+        log.info(f"listening on {address[0]} port {address[1]}, limit {settings['limit']}")
+        # Everything imported so far lives as long as the listener: keep the collector off
+        # it, so that a child's collections do not write to (and un-share) those pages.
+        gc.collect()
+        gc.freeze()
+        code = Listener(sock, options, settings["limit"]).run()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        code = EXIT_FAILURE
+    except BaseException as e:  # noqa: BLE001 -- no traceback reaches the user
+        try:
+            log.fatal(f"internal error ({type(e).__name__}: {e})")
+        except BaseException:   # noqa: BLE001
+            pass
+        code = EXIT_FAILURE
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
