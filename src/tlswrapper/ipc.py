@@ -25,7 +25,6 @@ a frame is read straight into a reusable buffer with os.readv, then sliced once 
 
 from __future__ import annotations
 
-import fcntl
 import os
 import struct
 from typing import Any, Union
@@ -63,7 +62,7 @@ METHODS: tuple[str, ...] = (
     "load", "select", "sign", "key_share",
     "derive12", "finished12",
     "derive13_handshake", "finished13", "derive13_application", "key_update",
-    "activate", "seal", "open",
+    "activate", "seal", "open", "read_anchor",
 )
 OPCODES: dict[str, int] = {name: i + 1 for i, name in enumerate(METHODS)}
 OP_OK = 0x80
@@ -337,14 +336,3 @@ class FrameReader:
         self._start = body_start + n
         return opcode, decode_body(self._view[body_start:body_start + n])
 
-
-def enlarge_pipe(fd: int, size: int = 1 << 20) -> None:
-    """Ask for a larger pipe buffer so that a batch of records crosses in fewer wakeups.
-    Best effort: the default (64 KiB) works, only slower."""
-    op = getattr(fcntl, "F_SETPIPE_SZ", None)
-    if op is None:
-        return
-    try:
-        fcntl.fcntl(fd, op, size)
-    except OSError:
-        pass
