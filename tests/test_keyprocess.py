@@ -44,6 +44,9 @@ class Fake:
         return [Candidate((b"leaf", b"ca"), suites.KEY_EC_P256), Unusable("missing", True),
                 Candidate((b"rsa",), suites.KEY_RSA, 2048)]
 
+    def read_anchor(self, path):
+        return b"anchor:" + path.encode()
+
     def select(self, index):
         if index == -1 and self.jail is not None:
             self.jail()             # as LocalKeyService.load does
@@ -122,6 +125,7 @@ def test_every_method(fake_ks):
         Candidate((b"leaf", b"ca"), suites.KEY_EC_P256), Unusable("missing", True),
         Candidate((b"rsa",), suites.KEY_RSA, 2048)]
     assert ks.select(2) is None
+    assert ks.read_anchor("/ca.pem") == b"anchor:/ca.pem"
     assert ks.sign(0x0403, b"data") == b"\x04\x03data"
     assert ks.key_share(suites.X25519) == b"share-"
     assert ks.key_share(suites.X25519, b"peer") == b"sharepeer"
@@ -363,6 +367,7 @@ class ServeHarness:
 @pytest.mark.parametrize("name,args", [
     ("sign", ("x", b"")), ("sign", (1,)), ("sign", (1, b"", 3)), ("sign", (True, b"")),
     ("load", ("a",)), ("load", ([b"a"],)), ("select", (None,)), ("key_share", (29, "x")),
+    ("read_anchor", (b"/ca.pem",)),
     ("derive12", (1, 2, b"", b"", b"", None, 1)), ("seal", ([(23, "x")],)),
     ("seal", ([[23, b"x"]],)), ("seal", ((23, b"x"),)), ("open", ([1],)), ("activate", ()),
 ])

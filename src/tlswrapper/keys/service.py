@@ -153,6 +153,13 @@ def _open(s: Any, a: tuple) -> Any:
     return ([(t, p) for t, p in results], alert, reason)
 
 
+def _read_anchor(s: Any, a: tuple) -> Any:
+    (path,) = _n(a, 1, 1)
+    if type(path) is not str:
+        raise _BadArgs
+    return s.read_anchor(path)
+
+
 HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
     ipc.OPCODES[name]: (name, fn) for name, fn in (
         ("load", _load), ("select", _select), ("sign", _sign), ("key_share", _key_share),
@@ -160,6 +167,7 @@ HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
         ("derive13_handshake", _derive13_handshake), ("finished13", _finished13),
         ("derive13_application", _derive13_application), ("key_update", _key_update),
         ("activate", _activate), ("seal", _seal), ("open", _open),
+        ("read_anchor", _read_anchor),
     )
 }
 # A method added to ipc.METHODS without a handler here is a programming error; fail at import
