@@ -1,0 +1,320 @@
+"""tlswrapper-listen, the built-in listener, and systemd socket activation (LISTEN_FDS).
+
+Each test starts the listener as a subprocess on a free port and drives it with Python's ssl
+client; the connection's processes are found through /proc (children of the listener: one
+network process per connection, whose children are its key process and prog).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import free_port, needs_root, our_command, wait_for_port
+
+pytestmark = [needs_root, pytest.mark.timeout(120)]
+
+JAIL_DIR = "/var/lib/tlswrapper/empty"
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
+def children(pid: int) -> list[int]:
+    """Live (not zombie) children of pid."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None and int(f[1]) == pid and f[0] != b"Z":
+                out.append(int(entry))
+    return sorted(out)
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[1])
+    raise AssertionError("no Uid line")
+
+
+def root_of(pid: int) -> str:
+    return os.readlink(f"/proc/{pid}/root")
+
+
+def client_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def tls_connect(port: int, timeout: float = 10.0) -> ssl.SSLSocket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return client_context().wrap_socket(sock)
+
+
+def read_line(conn: ssl.SSLSocket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def echo(conn: ssl.SSLSocket, line: bytes = b"hello\n") -> bytes:
+    conn.sendall(line)
+    return read_line(conn)
+
+
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Listener:
+    """tlswrapper-listen [listener args] host port [tlswrapper args] as a subprocess."""
+
+    def __init__(self, args: list[str], port: int | None = None, *, env: dict | None = None,
+                 argv: list[str] | None = None, pass_fds: tuple[int, ...] = ()) -> None:
+        self.port = port or free_port()
+        cmd = argv or [our_command("tlswrapper-listen"), *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=env, pass_fds=pass_fds)
+
+    def __enter__(self) -> Listener:
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stderr.close()
+
+    def network_processes(self) -> list[int]:
+        return children(self.proc.pid)
+
+
+def listen_args(pem: Path, port: int, *prog: str, listener: tuple[str, ...] = (),
+                tls: tuple[str, ...] = ()) -> list[str]:
+    return [*listener, "127.0.0.1", str(port), *tls, "-f", str(pem), "--", *(prog or ("cat",))]
+
+
+# --------------------------------------------------------------------------- tests
+
+def test_serves_and_sets_tcpserver_environment(pki) -> None:
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, "env"), port):
+        with tls_connect(port) as conn:
+            out = b""
+            while chunk := conn.recv(65536):
+                out += chunk
+    env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+    assert env["PROTO"] == "TCP"
+    assert env["TCPLOCALIP"] == "127.0.0.1"
+    assert env["TCPLOCALPORT"] == str(port)
+    assert env["TCPREMOTEIP"] == "127.0.0.1"
+    assert int(env["TCPREMOTEPORT"]) > 0
+    assert env["TCPLOCALHOST"] == "0"           # as tcpserver -HRDl0
+    assert "TCPREMOTEHOST" not in env and "TCPREMOTEINFO" not in env
+    assert env["SSL_PROTOCOL"] in ("TLSv1.2", "TLSv1.3")
+    assert not any(k.startswith("LISTEN_") for k in env)
+
+
+def test_many_concurrent_connections_each_jailed_with_its_own_uids(pki) -> None:
+    port = free_port()
+    count = 12
+    with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
+        conns = [tls_connect(port) for _ in range(count)]
+        try:
+            for i, conn in enumerate(conns):
+                assert echo(conn, b"line %d\n" % i) == b"line %d\n" % i
+            network = wait_until(lambda: len(srv.network_processes()) == count
+                                 and srv.network_processes(), what="network processes")
+            uids = []
+            for pid in network:
+                # the network process and its key process are jailed; prog (cat) is not
+                assert uid_of(pid) != 0 and root_of(pid) == JAIL_DIR
+                kids = children(pid)
+                jailed = [k for k in kids if root_of(k) == JAIL_DIR]
+                assert len(jailed) == 1, f"network process {pid}: one key process, got {kids}"
+                assert uid_of(jailed[0]) != 0
+                uids += [uid_of(pid), uid_of(jailed[0])]
+            assert len(set(uids)) == 2 * count, "every jailed process has its own uid"
+            assert uid_of(srv.proc.pid) == 0   # the listener itself is not jailed
+        finally:
+            for conn in conns:
+                conn.close()
+        wait_until(lambda: not srv.network_processes(), what="connections to end")
+
+
+def test_concurrency_limit_keeps_extra_connections_in_the_backlog(pki) -> None:
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, listener=("-c", "2")), port) as srv:
+        first = [tls_connect(port) for _ in range(2)]
+        for conn in first:
+            assert echo(conn) == b"hello\n"
+        results: dict[int, bytes] = {}
+
+        def late(n: int) -> None:
+            with tls_connect(port, timeout=30) as conn:
+                results[n] = echo(conn)
+
+        threads = [threading.Thread(target=late, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        # The two late clients are connected (the kernel's backlog) but not served.
+        time.sleep(1.5)
+        assert len(srv.network_processes()) == 2
+        assert results == {}
+        first[0].close()
+        wait_until(lambda: len(results) == 1, what="one late client to be served")
+        assert len(srv.network_processes()) <= 2
+        first[1].close()
+        for t in threads:
+            t.join(30)
+        assert results == {0: b"hello\n", 1: b"hello\n"}
+
+
+def test_sigterm_stops_accepting_and_lets_open_connections_finish(pki) -> None:
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, tls=("-v",)), port) as srv:
+        conn = tls_connect(port)
+        assert echo(conn) == b"hello\n"
+        srv.proc.send_signal(signal.SIGTERM)
+
+        def refused() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            return False
+        wait_until(refused, what="new connections to be refused")
+        assert srv.proc.poll() is None, "the listener waits for the open connection"
+        assert echo(conn, b"still here\n") == b"still here\n"
+        conn.close()
+        assert srv.proc.wait(10) == 0
+
+
+def _activated(sock: socket.socket, pem: Path, address: list[str], listen_pid: str = "$$",
+               prog: str = "cat") -> list[str]:
+    """bash moves the socket to fd 3 and sets LISTEN_FDS/LISTEN_PID the way systemd does, then
+    execs the listener (so that $$, the shell's pid, is the listener's pid)."""
+    fd = sock.fileno()
+    script = (f'exec 3<&{fd} {fd}<&-; LISTEN_FDS=1 LISTEN_PID={listen_pid} '
+              f'LISTEN_FDNAMES=https exec "$@"')
+    return ["bash", "-c", script, "bash", our_command("tlswrapper-listen"), *address,
+            "-f", str(pem), "--", prog]
+
+
+def _socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    return sock
+
+
+def test_listen_fds_socket_is_used(pki) -> None:
+    with _socket() as sock:
+        port = sock.getsockname()[1]
+        other = free_port()
+        # The address given is not bound: the socket from "systemd" wins.
+        argv = _activated(sock, pki.ecdsa_p256.path, ["127.0.0.1", str(other)], prog="env")
+        with Listener([], port, argv=argv, pass_fds=(sock.fileno(),)):
+            with tls_connect(port) as conn:
+                out = b""
+                while chunk := conn.recv(65536):
+                    out += chunk
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", other), timeout=2)
+    env = dict(line.split("=", 1) for line in out.decode().splitlines() if "=" in line)
+    assert env["TCPLOCALPORT"] == str(port)
+    assert not any(k.startswith("LISTEN_") for k in env), "prog must not see LISTEN_*"
+
+
+def test_listen_fds_with_dash_address(pki) -> None:
+    with _socket() as sock:
+        port = sock.getsockname()[1]
+        argv = _activated(sock, pki.ecdsa_p256.path, ["-"])
+        with Listener([], port, argv=argv, pass_fds=(sock.fileno(),)):
+            with tls_connect(port) as conn:
+                assert echo(conn) == b"hello\n"
+
+
+def test_listen_fds_for_another_pid_is_ignored(pki) -> None:
+    with _socket() as sock:
+        inherited_port = sock.getsockname()[1]
+        port = free_port()
+        argv = _activated(sock, pki.ecdsa_p256.path, ["127.0.0.1", str(port)], listen_pid="1")
+        with Listener([], port, argv=argv, pass_fds=(sock.fileno(),)):
+            with tls_connect(port) as conn:          # bound its own address
+                assert echo(conn) == b"hello\n"
+            # The inherited socket is left alone: nobody accepts on it.
+            probe = socket.create_connection(("127.0.0.1", inherited_port), timeout=2)
+            probe.settimeout(1.0)
+            probe.sendall(b"\x16\x03\x01\x00\x05hello")
+            with pytest.raises(TimeoutError):
+                probe.recv(1)
+            probe.close()
+
+
+def test_dash_without_systemd_socket_is_a_usage_error(pki) -> None:
+    with _socket() as sock:
+        argv = _activated(sock, pki.ecdsa_p256.path, ["-"], listen_pid="1")
+        proc = subprocess.run(argv, pass_fds=(sock.fileno(),), capture_output=True, timeout=30)
+    assert proc.returncode == 100
+    assert b"tlswrapper-listen: fatal: " in proc.stderr and b"LISTEN_FDS" in proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], b"no host and port"),
+    (["-c", "0", "127.0.0.1", "1"], b"limit must be"),
+    (["-x", "127.0.0.1", "1"], b"unknown option -x"),
+    (["127.0.0.1", "99999", "-f", "/nonexistent", "cat"], b"port must be"),
+    (["127.0.0.1", "4433", "-f", "/nonexistent", "cat"], b"certfile"),
+    (["127.0.0.1", "4433", "-f", "/etc/hostname"], b"no prog"),
+])
+def test_usage_errors(args: list[str], message: bytes) -> None:
+    proc = subprocess.run([our_command("tlswrapper-listen"), *args], capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 100
+    assert message in proc.stderr
+    assert b"Traceback" not in proc.stderr
+
+
+def test_bind_failure_is_fatal(pki) -> None:
+    with _socket() as sock:
+        port = sock.getsockname()[1]
+        proc = subprocess.run([our_command("tlswrapper-listen"), "127.0.0.1", str(port),
+                               "-f", str(pki.ecdsa_p256.path), "cat"],
+                              capture_output=True, timeout=30)
+    assert proc.returncode == 111
+    assert b"tlswrapper-listen: fatal: unable to bind" in proc.stderr
