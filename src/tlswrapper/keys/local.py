@@ -21,6 +21,7 @@ _EC_CURVES = {suites.SECP256R1: ec.SECP256R1, suites.SECP384R1: ec.SECP384R1,
 MLKEM768_ENCAPSULATION_KEY = 1184
 MLKEM768_CIPHERTEXT = 1088
 X25519_LEN = 32
+MAX_ANCHOR_FILE = 1 << 20      # -a: CA certificates; far more than any real anchor file
 
 
 class _MD5SHA1(hashes.HashAlgorithm):
@@ -133,6 +134,23 @@ class LocalKeyService:
                 answer.append(Candidate(chain, key_type, bits))
                 self._usable.append(True)
         return answer
+
+    def read_anchor(self, path: str) -> bytes:
+        """-a: read the anchor file while still privileged (before load() jails us). The
+        bytes are public (CA certificates): they are not parsed here but in the jailed
+        network process, so that a parser bug cannot act with our privileges."""
+        if self._loaded:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "read_anchor after load")
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_ANCHOR_FILE + 1)
+        except OSError as e:
+            raise KeyServiceError(suites.INTERNAL_ERROR, f"unable to read anchor PEM file "
+                                  f"'{path}' ({e.strerror or e})") from None
+        if len(data) > MAX_ANCHOR_FILE:
+            raise KeyServiceError(suites.INTERNAL_ERROR, f"unable to read anchor PEM file "
+                                  f"'{path}' (larger than {MAX_ANCHOR_FILE} bytes)")
+        return data
 
     def select(self, index: int) -> None:
         if not 0 <= index < len(self._sealed) or not self._usable[index]:

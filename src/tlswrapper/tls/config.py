@@ -3,12 +3,29 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
 from . import suites
 
 
 class ConfigError(ValueError):
     """A configuration the engine cannot use; the message is one line for the user."""
+
+
+class ClientCertificateVerifier(Protocol):
+    """The -a policy, injected by the caller (clientcert.ClientCertificates): X.509 path
+    validation and public-key signature checks are not protocol work, and keeping them out
+    keeps tls/ free of cryptography and of policy. The engine calls it synchronously when the
+    client's Certificate and CertificateVerify arrive."""
+
+    def verify_chain(self, chain: Sequence[bytes]) -> tuple[int | None, str, object]:
+        """(None, "", identity) when the DER chain (leaf first) is trusted; else (alert,
+        reason, None). The identity is opaque to the engine: HandshakeComplete carries it."""
+
+    def verify_signature(self, leaf: bytes, scheme: int | None, data: bytes, signature: bytes,
+                         tls13: bool) -> bool:
+        """Whether `signature` over `data` verifies with the leaf's key under `scheme`
+        (None: the TLS 1.0/1.1 form, whose algorithm follows from the key type)."""
 
 
 @dataclass(frozen=True)
@@ -21,6 +38,7 @@ class ServerConfig:
     # Client certificates (-a): DER subjects of the anchors for certificate_authorities.
     request_client_certificate: bool = False
     client_ca_names: tuple[bytes, ...] = field(default=())
+    client_verifier: ClientCertificateVerifier | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.version_min not in suites.VERSION_LABELS:

@@ -27,6 +27,8 @@ class HandshakeComplete:
     sni: str | None
     signature_scheme: int
     version_name: str   # TLSv1.2, TLSv1.3
+    # -a: the verifier's identity of the client certificate (clientcert's ClientIdentity)
+    client_identity: object | None = None
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,11 @@ class KeyService(Protocol):
         jails before parsing the secret parts), and report each file's public chain and key
         type. Called at most once per connection."""
 
+    def read_anchor(self, path: str) -> bytes:
+        """-a: the anchor file's bytes, read by the key side while it is still privileged
+        (before load(), which jails it); the caller parses them (in its own jail). Raises
+        KeyServiceError when the file cannot be read or load() was already called."""
+
     def select(self, index: int) -> None:
         """Use the private key of candidate `index` of load()'s answer for sign()."""
 

@@ -31,7 +31,7 @@ from .record import (HandshakeReassembler, RecordReader, plaintext_records, reco
                      split_fragments)
 from .secrets import (READ, SENDER_CLIENT, SENDER_SERVER, WRITE, Candidate, KeyService,
                       KeyServiceError, Unusable)
-from .wire import DecodeError, handshake_message
+from .wire import DecodeError, Reader, handshake_message
 
 # Bounds against a client that keeps us busy without progress.
 MAX_EMPTY_RECORDS = 32          # consecutive empty application_data records
@@ -39,6 +39,15 @@ MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
 _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
+# Client certificates (-a): the schemes we accept in the client's CertificateVerify, listed in
+# our CertificateRequest (no SHA-1; PKCS#1 v1.5 is not allowed in TLS 1.3 CertificateVerify).
+CLIENT_SCHEMES_13 = (suites.ECDSA_SECP256R1_SHA256, suites.ECDSA_SECP384R1_SHA384,
+                     suites.ECDSA_SECP521R1_SHA512, suites.RSA_PSS_RSAE_SHA256,
+                     suites.RSA_PSS_RSAE_SHA384, suites.RSA_PSS_RSAE_SHA512)
+CLIENT_SCHEMES_12 = CLIENT_SCHEMES_13 + (suites.RSA_PKCS1_SHA256, suites.RSA_PKCS1_SHA384,
+                                         suites.RSA_PKCS1_SHA512)
+# TLS 1.0-1.2 CertificateRequest certificate_types: rsa_sign, ecdsa_sign (RFC 5246, RFC 8422).
+CLIENT_CERTIFICATE_TYPES = bytes((1, 64))
 # TLS 1.0-1.2: the group an ECDSA certificate's key is on (RFC 8422 5.1, 5.3).
 _CERT_CURVE = {suites.KEY_EC_P256: suites.SECP256R1, suites.KEY_EC_P384: suites.SECP384R1,
                suites.KEY_EC_P521: suites.SECP521R1}
@@ -48,7 +57,9 @@ class State(Enum):
     START = auto()              # waiting for ClientHello
     CHOOSE_CERTIFICATE = auto()  # ClientHello reported, waiting for choose_certificate()
     WAIT_CLIENT_HELLO_2 = auto()  # 1.3: HelloRetryRequest sent
+    WAIT_CLIENT_CERTIFICATE = auto()   # -a: CertificateRequest sent (1.2 and 1.3)
     WAIT_CLIENT_KEY_EXCHANGE = auto()  # 1.2
+    WAIT_CLIENT_CERTIFICATE_VERIFY = auto()  # -a: client Certificate accepted (1.2 and 1.3)
     WAIT_CHANGE_CIPHER_SPEC = auto()   # 1.2
     WAIT_FINISHED = auto()      # 1.2 and 1.3
     CONNECTED = auto()
@@ -60,6 +71,11 @@ _EXPECTED: dict[tuple[State, bool], frozenset[int]] = {
     (State.START, False): frozenset({suites.HS_CLIENT_HELLO}),
     (State.WAIT_CLIENT_HELLO_2, True): frozenset({suites.HS_CLIENT_HELLO}),
     (State.WAIT_CLIENT_KEY_EXCHANGE, False): frozenset({suites.HS_CLIENT_KEY_EXCHANGE}),
+    # -a: Certificate (1.2: before ClientKeyExchange), then CertificateVerify (1.2: after it).
+    (State.WAIT_CLIENT_CERTIFICATE, False): frozenset({suites.HS_CERTIFICATE}),
+    (State.WAIT_CLIENT_CERTIFICATE, True): frozenset({suites.HS_CERTIFICATE}),
+    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, False): frozenset({suites.HS_CERTIFICATE_VERIFY}),
+    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, True): frozenset({suites.HS_CERTIFICATE_VERIFY}),
     (State.WAIT_FINISHED, False): frozenset({suites.HS_FINISHED}),
     (State.WAIT_FINISHED, True): frozenset({suites.HS_FINISHED}),
     (State.CONNECTED, True): frozenset({suites.HS_KEY_UPDATE}),
@@ -119,6 +135,8 @@ class ServerConnection:
         self._secure_renegotiation = False
         self._point_formats: bytes | None = None
         self._candidate: Candidate | None = None
+        self._client_chain: tuple[bytes, ...] = ()   # -a: the verified client chain
+        self._client_identity: object | None = None
         self.peer_closed = False
         self.local_closed = False
 
@@ -315,7 +333,8 @@ class ServerConnection:
     def _may_skip_early_data(self, record: bytes) -> bool:
         """RFC 8446 4.2.10: a server that rejects 0-RTT skips records it cannot open, up to a
         bound, until the client's Finished opens with the handshake key."""
-        if self._early_data_offered and self.state is State.WAIT_FINISHED:
+        if self._early_data_offered and self.state in (State.WAIT_FINISHED,
+                                                       State.WAIT_CLIENT_CERTIFICATE):
             self._skipped_early_data += len(record) - 5
             return self._skipped_early_data <= MAX_SKIPPED_EARLY_DATA
         return False
@@ -327,7 +346,7 @@ class ServerConnection:
             raise _Abort(suites.UNEXPECTED_MESSAGE,
                          "change_cipher_spec inside a fragmented handshake message")
         if self.version == suites.TLS13 and self.state in (
-                State.WAIT_CLIENT_HELLO_2, State.WAIT_FINISHED):
+                State.WAIT_CLIENT_HELLO_2, State.WAIT_FINISHED, State.WAIT_CLIENT_CERTIFICATE):
             return   # RFC 8446 5: the middlebox-compatibility record, dropped
         if self.version != suites.TLS13 and self.state is State.WAIT_CHANGE_CIPHER_SPEC:
             self.keys.activate(READ)
@@ -428,6 +447,10 @@ class ServerConnection:
                 self._client_hello_2(body, whole)
         elif msg_type == suites.HS_CLIENT_KEY_EXCHANGE:
             self._client_key_exchange(body, whole)
+        elif msg_type == suites.HS_CERTIFICATE:
+            self._client_certificate(body, whole)
+        elif msg_type == suites.HS_CERTIFICATE_VERIFY:
+            self._client_certificate_verify(body, whole)
         elif msg_type == suites.HS_FINISHED:
             self._finished(body, whole)
         elif msg_type == suites.HS_KEY_UPDATE:
@@ -739,6 +762,19 @@ class ServerConnection:
                                m.build_encrypted_extensions(m.EncryptedExtensions(())))
         flight.append(ee)
         self._transcript.append(ee)
+        if self.config.request_client_certificate:
+            # RFC 8446 4.3.2: an empty context (no post-handshake auth), our schemes, and the
+            # anchors' names so that the client can pick its certificate.
+            extensions = [m.Extension(suites.EXT_SIGNATURE_ALGORITHMS,
+                                      m.build_signature_algorithms(CLIENT_SCHEMES_13))]
+            if self.config.client_ca_names:
+                extensions.append(m.Extension(suites.EXT_CERTIFICATE_AUTHORITIES,
+                                              m.build_certificate_authorities(
+                                                  self.config.client_ca_names)))
+            cr = handshake_message(suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request13(
+                m.CertificateRequest13(b"", tuple(extensions))))
+            flight.append(cr)
+            self._transcript.append(cr)
         cert = handshake_message(suites.HS_CERTIFICATE, m.build_certificate13(
             m.Certificate13(b"", tuple((der, b"") for der in self._candidate.chain))))
         flight.append(cert)
@@ -756,10 +792,12 @@ class ServerConnection:
         self._transcript.append(fin)
         self._send_handshake(flight)
         th = self._transcript_hash()
-        self._expected_client_finished = self.keys.finished13(SENDER_CLIENT, th)
+        if not self.config.request_client_certificate:
+            self._expected_client_finished = self.keys.finished13(SENDER_CLIENT, th)
         self.keys.derive13_application(th)
         self.keys.activate(WRITE)
-        self.state = State.WAIT_FINISHED
+        self.state = State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
+            else State.WAIT_FINISHED
 
     def _key_update(self, body: bytes) -> None:
         self._require_record_boundary("KeyUpdate")
@@ -803,11 +841,20 @@ class ServerConnection:
         flight.append(handshake_message(suites.HS_SERVER_KEY_EXCHANGE,
                                         m.build_server_key_exchange(m.ServerKeyExchangeECDHE(
                                             self.group, public, wire_scheme, signature))))
+        if self.config.request_client_certificate:
+            # RFC 5246 7.4.4 (TLS 1.0/1.1: without supported_signature_algorithms).
+            tls12 = self.version >= suites.TLS12
+            flight.append(handshake_message(
+                suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request12(
+                    m.CertificateRequest12(CLIENT_CERTIFICATE_TYPES,
+                                           CLIENT_SCHEMES_12 if tls12 else (),
+                                           self.config.client_ca_names), has_schemes=tls12)))
         flight.append(handshake_message(suites.HS_SERVER_HELLO_DONE,
                                         m.build_server_hello_done()))
         self._transcript.extend(flight)
         self._send_handshake(flight)
-        self.state = State.WAIT_CLIENT_KEY_EXCHANGE
+        self.state = State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
+            else State.WAIT_CLIENT_KEY_EXCHANGE
 
     def _client_key_exchange(self, body: bytes, whole: bytes) -> None:
         cke = m.parse_client_key_exchange(body)
@@ -817,9 +864,70 @@ class ServerConnection:
         session_hash = self._transcript_hash() if self._ems else None
         self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
                            self._server_random, session_hash, self._etm)
+        if self._client_chain:
+            self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
+            return
         self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
                                                               self._transcript_hash())
         self.state = State.WAIT_CHANGE_CIPHER_SPEC
+
+    # ------------------------------------------------------------------ client certificate
+    def _client_certificate(self, body: bytes, whole: bytes) -> None:
+        tls13 = self.version == suites.TLS13
+        if tls13:
+            msg = m.parse_certificate13(body)
+            if msg.context:
+                raise _Abort(suites.ILLEGAL_PARAMETER, "client Certificate with a context")
+            chain = tuple(der for der, _ in msg.entries)
+        else:
+            chain = m.parse_certificate12(body).chain
+        self._transcript.append(whole)
+        if not chain:
+            # RFC 8446 4.4.2.4 / RFC 5246 7.4.6: we require one.
+            raise _Abort(suites.CERTIFICATE_REQUIRED if tls13 else suites.HANDSHAKE_FAILURE,
+                         "client sent no certificate")
+        verifier = self.config.client_verifier
+        if verifier is None:
+            raise _Abort(suites.INTERNAL_ERROR, "no client certificate verifier configured")
+        alert, reason, identity = verifier.verify_chain(chain)
+        if alert is not None:
+            raise _Abort(alert, f"client certificate refused: {reason}")
+        self._client_chain = chain
+        self._client_identity = identity
+        self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY if tls13 \
+            else State.WAIT_CLIENT_KEY_EXCHANGE
+
+    def _client_certificate_verify(self, body: bytes, whole: bytes) -> None:
+        tls13 = self.version == suites.TLS13
+        scheme: int | None
+        if self.version < suites.TLS12:
+            # RFC 4346 7.4.8: no SignatureAndHashAlgorithm, the key type decides.
+            r = Reader(body)
+            scheme, signature = None, r.vec16()
+            r.expect_end("CertificateVerify")
+        else:
+            cv = m.parse_certificate_verify(body)
+            scheme, signature = cv.scheme, cv.signature
+            if scheme not in (CLIENT_SCHEMES_13 if tls13 else CLIENT_SCHEMES_12):
+                raise _Abort(suites.ILLEGAL_PARAMETER, f"client CertificateVerify with "
+                             f"scheme {scheme:#06x}, which we did not offer")
+        if tls13:
+            content = (b"\x20" * 64 + b"TLS 1.3, client CertificateVerify\x00"
+                       + self._transcript_hash())
+        else:
+            content = b"".join(self._transcript)   # every handshake message so far
+        if not self.config.client_verifier.verify_signature(self._client_chain[0], scheme,
+                                                           content, signature, tls13):
+            raise _Abort(suites.DECRYPT_ERROR, "client CertificateVerify does not verify")
+        self._transcript.append(whole)
+        if tls13:
+            self._expected_client_finished = self.keys.finished13(SENDER_CLIENT,
+                                                                  self._transcript_hash())
+            self.state = State.WAIT_FINISHED
+        else:
+            self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
+                                                                  self._transcript_hash())
+            self.state = State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ Finished
     def _finished(self, body: bytes, whole: bytes) -> None:
@@ -843,4 +951,5 @@ class ServerConnection:
         self._events.append(HandshakeComplete(
             version=self.version, cipher_suite=self.suite.code, cipher=self.suite.name,
             group=suites.GROUP_LABELS[self.group], sni=self.sni, signature_scheme=self.scheme,
-            version_name=suites.VERSION_LABELS[self.version]))
+            version_name=suites.VERSION_LABELS[self.version],
+            client_identity=self._client_identity))
