@@ -9,9 +9,10 @@ Everything used later is imported here, at module import: after the jail nothing
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import hashlib
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401  (loaded before the jail)
 from cryptography import x509
@@ -19,11 +20,17 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import (Criticality, ExtensionPolicy, PolicyBuilder, Store,
-                                            VerificationError)
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from .sslenv import ClientIdentity
 from .tls import suites
+from .tls.config import ServerConfig
 
 MAX_CHAIN = 10                  # certificates we look at in a client's Certificate message
 MAX_NAMES_BYTES = 0xFFFF - 2    # certificate_authorities must fit a 16-bit vector
@@ -66,7 +73,7 @@ class AnchorError(Exception):
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _reason(text: str) -> str:
@@ -199,6 +206,11 @@ class ClientCertificates:
         except ValueError as e:
             raise AnchorError(_reason(str(e) or "no PEM certificate")) from None
         return cls(anchors, clock)
+
+    def server_config(self, config: ServerConfig) -> ServerConfig:
+        """`config` asking for client certificates with this verifier and our anchors' names."""
+        return dataclasses.replace(config, request_client_certificate=True,
+                                   client_ca_names=self.names, client_verifier=self)
 
     # --- tls.config.ClientCertificateVerifier ----------------------------------------------
     def verify_chain(self, chain: Sequence[bytes]) -> tuple[int | None, str, object]:

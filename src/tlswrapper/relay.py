@@ -15,11 +15,13 @@ import socket
 import stat
 import time
 
-from . import certfiles, child, jail, log
+from . import certfiles, child, jail, log, sslenv
 from .keyclient import KeyProcessDied, start_key_process
+from .sslenv import ClientIdentity
 from .tls import suites
 from .tls.events import (AlertReceived, ApplicationData, ClientHelloReceived, ConnectionFailed,
                          HandshakeComplete, PeerClosed)
+from .tls.secrets import KeyServiceError
 from .tls.server import ServerConnection
 
 EXIT_FATAL = 111
@@ -40,11 +42,10 @@ def _is_socket(fd: int) -> bool:
 
 
 def tls_environment(done: HandshakeComplete) -> dict[str, str]:
-    """The SSL_* variables prog gets after a TLS handshake (mod_ssl's names)."""
-    env = {"SSL_PROTOCOL": done.version_name, "SSL_CIPHER": done.cipher}
-    if done.sni:
-        env["SSL_TLS_SNI"] = done.sni
-    return env
+    """The SSL_* variables prog gets after a TLS handshake (mod_ssl's names and formats)."""
+    identity = done.client_identity if isinstance(done.client_identity, ClientIdentity) \
+        else None
+    return sslenv.tls_environment(done.version, done.cipher_suite, done.sni, identity)
 
 
 class Relay:
@@ -117,7 +118,25 @@ class Relay:
                  f"sni={done.sni or '-'}")
         env = dict(self.env)
         env.update(tls_environment(done))
-        self.prog.go(env)
+        identity = done.client_identity if isinstance(done.client_identity, ClientIdentity) \
+            else None
+        if identity is not None:
+            log.info(f"client certificate: {log.escape(identity.subject_dn)} "
+                     f"serial={identity.serial}")
+        account = None
+        field = self.options.user_from_cert
+        if field is not None:
+            # -U: the account named in the verified certificate; the child refuses a name
+            # outside its safe characters, a missing account and uid/gid 0 (exit 111).
+            account = identity.common_name if identity is not None and field == "commonName" \
+                else identity.email if identity is not None else None
+            if not account:
+                log.error(f"unable to extract ASN.1 object {field} from the client "
+                          f"certificate: object not found")
+                self.failed = True
+                self.conn.close()
+                return
+        self.prog.go(env, account)
         self.started = True
 
     def _failed(self, event: ConnectionFailed) -> None:
@@ -298,10 +317,20 @@ def run(options) -> int:
             jail.jail(account, jail_dir)
 
         keys, _key_pid = start_key_process(jail_key_process)
+        anchor_pem = None
+        if options.anchor is not None:
+            # -a: the key process reads the file while privileged (before it jails); we parse
+            # it after our own jail, as the C version does. clientcert (cryptography's X.509)
+            # is imported now: nothing can be loaded in the jail.
+            from . import clientcert
+            anchor_pem = keys.read_anchor(options.anchor_path)
         prog = child.start_prog(options.prog, user=options.user,
                                 user_from_cert=options.user_from_cert is not None)
     except (OSError, jail.JailError, child.ChildError) as e:
         log.fatal(f"unable to start: {e}")
+        return EXIT_FATAL
+    except (KeyServiceError, KeyProcessDied) as e:
+        log.fatal(str(e))
         return EXIT_FATAL
     relay = Relay(ServerConnection(config, keys), keys, prog, options)
     relay.env = addresses
@@ -311,6 +340,14 @@ def run(options) -> int:
         log.fatal(f"unable to create jail: {e}")
         prog.abort()
         return EXIT_FATAL
+    if anchor_pem is not None:
+        try:
+            verifier = clientcert.ClientCertificates.from_pem(anchor_pem)
+        except clientcert.AnchorError as e:
+            log.fatal(f"unable to parse anchor PEM file '{options.anchor_path}' ({e})")
+            prog.abort()
+            return EXIT_FATAL
+        relay.conn = ServerConnection(verifier.server_config(config), keys)
     try:
         return relay.run()
     except KeyProcessDied as e:

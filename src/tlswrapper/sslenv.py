@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from .tls import suites
 
+MAX_VALUE = 8192    # child.MAX_VALUE: the longest environment value the go-ahead may carry
+
 # OpenSSL's names of our cipher suites (what mod_ssl puts in SSL_CIPHER).
 OPENSSL_CIPHER_NAMES: dict[int, str] = {
     0x1301: "TLS_AES_128_GCM_SHA256",
@@ -93,4 +95,5 @@ def tls_environment(version: int, cipher_suite: int, sni: str | None,
             env["SSL_CLIENT_S_DN_CN"] = escape_value(client.common_name)
         if client.email is not None:
             env["SSL_CLIENT_S_DN_Email"] = escape_value(client.email)
-    return env
+    # A value the child would refuse (child.MAX_VALUE) is left out rather than losing prog.
+    return {k: v for k, v in env.items() if len(v.encode("utf-8", "surrogateescape")) <= MAX_VALUE}
