@@ -265,8 +265,10 @@ class ClientCert:
 
     @property
     def serial_hex(self) -> str:
-        """The serial number in upper-case hex, as mod_ssl's SSL_CLIENT_M_SERIAL prints it."""
-        return format(self.cert.serial_number, "X")
+        """The serial number in upper-case hex, as mod_ssl's SSL_CLIENT_M_SERIAL prints it
+        (OpenSSL's i2a_ASN1_INTEGER: two digits per byte, so a leading zero digit is kept)."""
+        n = self.cert.serial_number
+        return n.to_bytes(max(1, (n.bit_length() + 7) // 8), "big").hex().upper()
 
 
 def _write_private(path: Path, data: bytes) -> Path:

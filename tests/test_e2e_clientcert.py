@@ -378,3 +378,23 @@ def test_U_needs_a_and_excludes_n(pki):
     r = subprocess.run([*base, "-a", str(pki.client_ca.path), "-n", "-U", "commonName", "true"],
                        capture_output=True, check=False)
     assert r.returncode == 100
+
+
+@needs_root
+@pytest.mark.parametrize("version, protocol", [("tls1", "TLSv1"), ("tls1_1", "TLSv1.1")])
+@pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
+def test_legacy_versions_client_certificate(pki, version, protocol, kind):
+    """TLS 1.0/1.1: CertificateRequest without signature algorithms; the CertificateVerify
+    is RSA over MD5||SHA-1 or ECDSA over SHA-1, by the client's key type."""
+    client = pki.clients[kind]
+    srv = OneConnection(server_args(pki, "-m", "tls10", "-c", "AES_128_CBC_SHA"))
+    cmd = [which("openssl"), "s_client", "-connect", f"127.0.0.1:{srv.port}", f"-{version}",
+           "-cipher", "DEFAULT@SECLEVEL=0", "-CAfile", str(pki.ca_pem), "-ign_eof", "-quiet",
+           "-cert", str(client.cert_path), "-key", str(client.key_path)]
+    got = subprocess.run(cmd, input=b"", capture_output=True, timeout=TIMEOUT, check=False)
+    served = srv.result()
+    assert served.returncode == 0, served.stderr + got.stderr.decode(errors="replace")
+    env = parse_output(got.stdout.decode())
+    assert env["SSL_PROTOCOL"] == protocol
+    assert env["SSL_CIPHER"] == "ECDHE-ECDSA-AES128-SHA"
+    assert env["SSL_CLIENT_S_DN_CN"] == client.common_name
