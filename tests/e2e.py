@@ -631,3 +631,49 @@ class DuplexClient:
                 self.clean_close = True
                 return
             sink(data)
+
+
+class Direct:
+    """tlswrapper run directly (no tcpserver) with fd 0 and 1 on one end of a socketpair, so
+    that its exit status is ours to see; `client_sock` is the other end."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        self.client_sock, server = socket.socketpair()
+        self._err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen([os.fspath(a) for a in argv], stdin=server,
+                                         stdout=server, stderr=self._err, env=env,
+                                         start_new_session=True)
+        finally:
+            server.close()
+        self.client_sock.settimeout(30)
+
+    def tls(self, ca, version: str | None = None, sni: str | None = "localhost"
+            ) -> ssl.SSLSocket:
+        ctx = client_context(ca, version)
+        if sni is None:
+            ctx.check_hostname = False
+        return ctx.wrap_socket(self.client_sock, server_hostname=sni)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.proc.wait(timeout=timeout)
+
+    def stderr(self) -> str:
+        self._err.seek(0)
+        return self._err.read().decode(errors="replace")
+
+    def close(self) -> None:
+        self.client_sock.close()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
+        self._err.close()
+
+    def __enter__(self) -> Direct:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
