@@ -263,8 +263,14 @@ class Relay:
                 # Only prog's exit is awaited (its stdout closed, the client still open).
                 time.sleep(min(0.05, deadline - now))
                 continue
+            wait = deadline - now
+            if self.prog_out_ended:
+                # prog's exit wakes no descriptor: poll for it, or a prog that exits just
+                # after closing its stdout is noticed only when the client sends or the
+                # network timeout expires.
+                wait = min(wait, 0.05)
             try:
-                can_read, can_write, _ = select.select(readers, writers, [], deadline - now)
+                can_read, can_write, _ = select.select(readers, writers, [], wait)
             except InterruptedError:
                 continue
             if not can_read and not can_write:
