@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import certs
 import pytest
-from conftest import needs_root, our_command, which
+from conftest import debian_tlswrapper, needs_root, our_command, which
 
 PROG = ["/bin/sh", "-c", 'env | grep "^SSL_" | sort; echo "UID=$(id -u)"; echo "GID=$(id -g)"']
 TIMEOUT = 30
@@ -35,12 +35,12 @@ class Served:
 class OneConnection:
     """Listen on 127.0.0.1, run `tlswrapper args... prog` on the first connection accepted."""
 
-    def __init__(self, args: list[str], prog: list[str] = PROG) -> None:
+    def __init__(self, args: list[str], prog: list[str] = PROG, command: str | None = None) -> None:
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
         self.listener.listen(1)
         self.port = self.listener.getsockname()[1]
-        self.argv = [our_command(), "-vv", *map(str, args), "--", *prog]
+        self.argv = [command or our_command(), "-vv", *map(str, args), "--", *prog]
         self.served = Served()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -398,3 +398,46 @@ def test_legacy_versions_client_certificate(pki, version, protocol, kind):
     assert env["SSL_PROTOCOL"] == protocol
     assert env["SSL_CIPHER"] == "ECDHE-ECDSA-AES128-SHA"
     assert env["SSL_CLIENT_S_DN_CN"] == client.common_name
+
+
+# --- against Debian's C tlswrapper ---------------------------------------------------------------
+# The C version (BearSSL, TLS 1.2 at most) agrees on what is accepted and who prog runs as; it
+# sets no SSL_* variables (ours adds them, SPEC section 5) and ends a refused handshake without
+# the RFC's alert (the client sees a reset), so only the outcome is compared.
+
+@needs_root
+@pytest.mark.parametrize("case", ["good", "none", "untrusted", "expired", "chained"])
+def test_same_verdict_as_debian_tlswrapper(pki, chained, case):
+    chain = None
+    if case == "good":
+        cert, key = pki.clients["rsa"].cert_path, pki.clients["rsa"].key_path
+    elif case == "none":
+        cert = key = None
+    elif case == "chained":
+        cert, key, chain = chained / "leaf.crt", chained / "leaf.key", chained / "inter.pem"
+    else:
+        c = pki.issue_client(f"{case}-cmp", f"{case}@example.com", key_type="rsa-2048",
+                             **{case: True})
+        cert, key = c.cert_path, c.key_path
+    ran = {}
+    for name, command in (("ours", our_command()), ("debian", debian_tlswrapper())):
+        srv = OneConnection(["-f", pki.rsa_2048.path, "-a", pki.client_ca.path],
+                            command=command)
+        got = openssl_client(srv.port, pki, "tls1_2", cert, key, chain=chain)
+        srv.result()
+        ran[name] = b"UID=0" in got.stdout
+    assert ran["ours"] == ran["debian"] == (case in ("good", "chained")), ran
+
+
+@needs_root
+def test_U_same_account_as_debian_tlswrapper(pki, account):
+    user = account()
+    client = pki.issue_client(user.pw_name, key_type="rsa-2048")
+    uids = {}
+    for name, command in (("ours", our_command()), ("debian", debian_tlswrapper())):
+        srv = OneConnection(["-f", pki.rsa_2048.path, "-a", pki.client_ca.path,
+                             "-U", "commonName"], command=command)
+        got = openssl_client(srv.port, pki, "tls1_2", client.cert_path, client.key_path)
+        srv.result()
+        uids[name] = parse_output(got.stdout.decode()).get("UID")
+    assert uids["ours"] == uids["debian"] == str(user.pw_uid), uids
