@@ -303,7 +303,46 @@ def prepare_imports() -> None:
     prctl. A forked child then loads nothing."""
     from . import relay  # noqa: F401
     from .keys import local  # noqa: F401
+    try:
+        from . import clientcert  # noqa: F401  (-a: imported per connection otherwise)
+    except ImportError:
+        pass
     jail.prepare()
+    _warm_up()
+
+
+def _warm_up() -> None:
+    """Run each primitive a handshake uses once, on throw-away keys and data, so that
+    OpenSSL's per-process first-use work (provider and algorithm fetches, tables; about 3 ms
+    for the first X25519 alone) is done here, once, and shared with every forked child,
+    instead of being paid again in each key process. No key file is read."""
+    from cryptography.hazmat.primitives import hashes, hmac as crypto_hmac
+    from cryptography.hazmat.primitives.asymmetric import ec, mlkem, x25519
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+    import hashlib
+    import hmac
+
+    x = x25519.X25519PrivateKey.generate()
+    x.exchange(x25519.X25519PrivateKey.generate().public_key())
+    p = ec.generate_private_key(ec.SECP256R1())
+    p.exchange(ec.ECDH(), ec.generate_private_key(ec.SECP256R1()).public_key())
+    p.public_key().verify(p.sign(b"warm-up", ec.ECDSA(hashes.SHA256())), b"warm-up",
+                          ec.ECDSA(hashes.SHA256()))
+    try:
+        k = mlkem.MLKEM768PrivateKey.generate()
+        k.decapsulate(k.public_key().encapsulate()[1])
+    except Exception:   # noqa: BLE001 -- only a warm-up: ML-KEM may be missing in OpenSSL
+        pass
+    for name, algorithm in (("sha256", hashes.SHA256()), ("sha384", hashes.SHA384())):
+        hmac.new(b"k" * 32, b"warm-up", name).digest()
+        hashlib.new(name, b"warm-up").digest()
+        h = crypto_hmac.HMAC(b"k" * 32, algorithm)
+        h.update(b"warm-up")
+        h.finalize()
+        HKDFExpand(algorithm, 32, b"warm-up").derive(b"k" * 32)
+    for aead in (AESGCM(bytes(16)), AESGCM(bytes(32)), ChaCha20Poly1305(bytes(32))):
+        aead.decrypt(bytes(12), aead.encrypt(bytes(12), b"warm-up", b"ad"), b"ad")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
