@@ -145,6 +145,11 @@ class Relay:
             if event.alert is not None else ""
         if self.started:
             log.error(f"{what}{event.reason}")
+        elif event.alert == suites.INTERNAL_ERROR:
+            # Our side failed, not the client's input: no usable certificate file, a key that
+            # does not match its certificate. A configuration problem, shown at the default
+            # verbosity as the C version shows its PEM errors.
+            log.fatal(f"{what}{event.reason}")
         else:
             log.debug(f"{what}{event.reason}")
 
