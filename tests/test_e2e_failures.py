@@ -202,6 +202,14 @@ def test_broken_pem_alert_and_log(pki, version):
         assert d.wait() == 111
         log = d.stderr()
     assert str(bad) in log and "no certificate" in log, log
+    # At the default verbosity the reason shows too (a configuration error, like the C
+    # version's "unable to obtain certificate(s) from the PEM file").
+    with e2e.Direct([our_command(), "-f", bad, "--", "/bin/cat"]) as d:
+        with pytest.raises(ssl.SSLError, match="ALERT"):
+            d.tls(pki.ca_pem, version)
+        assert d.wait() == 111
+        lines = _fatal_lines(d.stderr())
+    assert len(lines) == 1 and "fatal" in lines[0] and "no certificate" in lines[0], lines
 
 
 def test_pem_with_certificate_only(pki):
@@ -216,15 +224,15 @@ def test_pem_with_certificate_only(pki):
 
 @pytest.mark.parametrize("version", ["tls12", "tls13"])
 def test_key_not_matching_alert_and_log(pki, version):
-    # Logged at -vv only (the relay logs pre-handshake failures at debug level; see the
-    # report: a configuration error arguably deserves -v or a warning).
+    """Logged at the default verbosity, with the file name."""
     mismatched = pki.write_mismatched()
-    with e2e.Direct([our_command(), "-vv", "-f", mismatched, "--", "/bin/cat"]) as d:
+    with e2e.Direct([our_command(), "-f", mismatched, "--", "/bin/cat"]) as d:
         with pytest.raises(ssl.SSLError, match="ALERT"):
             d.tls(pki.ca_pem, version)
         assert d.wait() == 111
         log = d.stderr()
-    assert "key does not match certificate" in log, log
+    assert f"fatal: TLS alert internal_error sent: {mismatched}: key does not match " \
+        "certificate" in log, log
 
 
 def test_pem_missing_in_certdir_alert(pki):
