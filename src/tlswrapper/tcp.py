@@ -218,7 +218,7 @@ def _resolver_child(wfd: int, host: str, port: int, account: str | None) -> int:
             socket, "EAI_NODATA", socket.EAI_NONAME)) else str(e.strerror or e).lower()
         os.write(wfd, f"E {reason}\n".encode("ascii", "replace"))
         return EXIT_FAILURE
-    except (OSError, UnicodeError, ValueError) as e:
+    except (OSError, UnicodeError, ValueError, LookupError) as e:
         os.write(wfd, f"E {e}\n".encode("ascii", "replace"))
         return EXIT_FAILURE
     lines = []
@@ -245,6 +245,9 @@ def resolve(host: str, port: int, timeout: float, account: str | jail.Account | 
     else:               # a literal address needs no resolver
         fam = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         return [Address(fam, str(ip), port)]
+    # getaddrinfo imports the idna codec on first use: import it while files can be read
+    # (the child runs as the jail account, which may not read the Python installation).
+    "x".encode("idna")
     rfd, wfd = os.pipe()
     try:
         pid = os.fork()
@@ -260,8 +263,11 @@ def resolve(host: str, port: int, timeout: float, account: str | jail.Account | 
             signal.alarm(max(1, int(timeout) + 1))     # never outlive the parent's patience
             code = _resolver_child(wfd, host, port,
                                    account.name if isinstance(account, jail.Account) else account)
-        except BaseException:   # noqa: BLE001 -- the child must never unwind into the caller
-            pass
+        except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the caller
+            try:
+                os.write(wfd, f"E resolver failed ({type(e).__name__})\n".encode())
+            except BaseException:   # noqa: BLE001
+                pass
         os._exit(code)
     os.close(wfd)
     data = bytearray()
@@ -309,7 +315,8 @@ def _parse_resolver_reply(host: str, port: int, data: bytes) -> list[Address]:
         if addr not in out and len(out) < MAX_ADDRESSES:
             out.append(addr)
     if not out:
-        raise Failure(f"unable to resolve host '{log.escape(host)}': no address")
+        why = "no address" if data else "no answer from the resolver"
+        raise Failure(f"unable to resolve host '{log.escape(host)}': {why}")
     return out
 
 
