@@ -90,27 +90,17 @@ def read_pem_file(path: str) -> SealedPem | None:
         fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    buf = bytearray()
+    buf = bytearray(MAX_PEM_FILE + 1)
+    size = 0
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise PemError("not a regular file")
-        # Sized from the file (a few KiB), not MAX_PEM_FILE: zeroing and wiping 1 MiB per
-        # connection cost milliseconds of page faults. One byte more than the file, to see
-        # its end; a file that grew meanwhile is read again into the largest buffer.
-        for capacity in (min(st.st_size, MAX_PEM_FILE) + 1, MAX_PEM_FILE + 1):
-            buf[:] = bytes(len(buf))
-            buf = bytearray(capacity)
-            size = 0
-            os.lseek(fd, 0, os.SEEK_SET)
-            with memoryview(buf) as view:
-                while size < capacity:
-                    n = os.readv(fd, [view[size:]])
-                    if n == 0:
-                        break
-                    size += n
-            if size < capacity:
-                break
+        with memoryview(buf) as view:
+            while size <= MAX_PEM_FILE:
+                n = os.readv(fd, [view[size:]])
+                if n == 0:
+                    break
+                size += n
         if size > MAX_PEM_FILE:
             raise PemError("file larger than 1 MiB")
         return _seal(path, buf, size)
