@@ -499,6 +499,8 @@ def main() -> int:
             print(f"bench: {tool} not found (apt-get install ucspi-tcp tlswrapper)",
                   file=sys.stderr)
             return 1
+    # SIGTERM unwinds like Ctrl-C, so that the servers started so far are stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     started = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     command = "python bench/run.py " + " ".join(sys.argv[1:])
     raw = run(args)

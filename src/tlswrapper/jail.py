@@ -66,16 +66,16 @@ _libc: ctypes.CDLL | None = None
 def prepare() -> None:
     """Load what the jailed process needs while files can still be opened. Idempotent.
 
-    - the libc handle for prctl;
-    - cryptography's OpenSSL backend module: cryptography's Rust code imports it lazily on the
-      first X25519 key generation or ECDSA signature (measured with cryptography 50), and an
-      import inside the jail fails with EMFILE. Importing it here makes every later crypto call
-      import-free.
+    - the libc handle for prctl.
+    Not cryptography's OpenSSL backend module (which its Rust code imports lazily on the
+    first X25519 key generation or ECDSA signature, an import that fails with EMFILE in the
+    jail): the modules that use cryptography import it themselves (keys/local.py in the key
+    process, clientcert.py for -a), so that a network process without -a does not pay about
+    20 ms and several MiB for it.
     jail() calls it too, before any limit is set."""
     global _libc
     if _libc is not None:
         return
-    import cryptography.hazmat.backends.openssl.backend  # noqa: F401  (see above)
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
