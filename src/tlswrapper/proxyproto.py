@@ -125,6 +125,11 @@ class ProxyReader:
         self.header: ProxyHeader | None = None
         self.rest = b""
 
+    @property
+    def started(self) -> bool:
+        """True once any byte has been fed (to tell a silent close from a cut header)."""
+        return bool(self._buf) or self.header is not None
+
     def feed(self, data: bytes) -> ProxyHeader | None:
         if self.header is not None:
             raise ProxyError("header already complete")

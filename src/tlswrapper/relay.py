@@ -15,7 +15,7 @@ import socket
 import stat
 import time
 
-from . import certfiles, child, jail, log, sslenv
+from . import certfiles, child, jail, log, proxyproto, sslenv
 from .keyclient import KeyProcessDied, start_key_process
 from .sslenv import ClientIdentity
 from .tls import suites
@@ -27,6 +27,8 @@ from .tls.server import ServerConnection
 EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
+HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
+TLS_HANDSHAKE_RECORD = 0x16
 
 
 def _nonblocking(fd: int) -> None:
@@ -73,6 +75,15 @@ class Relay:
         self.failed = False
         self.env: dict[str, str] = {}
         self._registered: set[int] = set()
+        # -p 1: the PROXY header comes first (the reader is dropped once it has been read).
+        self.proxy = proxyproto.ProxyReader() \
+            if getattr(options, "proxy_protocol", None) else None
+        # -n: cleartext both ways until prog's zero byte on fd 5 (SPEC section 3).
+        self.cleartext = bool(getattr(options, "delayed_encryption", False))
+        self.held = bytearray()       # -n: client bytes held back for the switch (see below)
+        self.held_since = 0.0
+        self.tls_up = False           # the handshake completed
+        self.handshake_deadline = 0.0
 
     # ------------------------------------------------------------------ events
     def _handle(self, events: list) -> None:
@@ -116,6 +127,12 @@ class Relay:
     def _handshake_complete(self, done: HandshakeComplete) -> None:
         log.info(f"handshake: {done.version_name} {done.cipher} {done.group} "
                  f"sni={done.sni or '-'}")
+        self.tls_up = True
+        if self.started:
+            # -n: prog runs already (so it cannot be given the SSL_* variables); tell it
+            # that from now on its stdin and stdout are inside TLS.
+            self._send_ack()
+            return
         env = dict(self.env)
         env.update(tls_environment(done))
         identity = done.client_identity if isinstance(done.client_identity, ClientIdentity) \
@@ -164,6 +181,32 @@ class Relay:
             data = b""
         if not data:
             self.client_ended = True
+        self._client_data(data)
+
+    def _client_data(self, data: bytes) -> None:
+        """Route what the client sent (b"" for its end of file): the PROXY header with -p 1,
+        prog's stdin in the cleartext phase of -n, else the TLS engine."""
+        if self.proxy is not None:
+            rest = self._proxy_data(data)
+            if rest is None:
+                return
+            data = rest
+        if self.cleartext:
+            if not data:
+                return
+            if self.held or data[0] == TLS_HANDSHAKE_RECORD:
+                # The switch race: prog writes its last cleartext ("220 ready to start TLS")
+                # to stdout, then the zero byte to fd 5. We may relay the former, and the
+                # client may answer with its ClientHello, before prog's second write has
+                # happened. A record header (0x16) never starts a line of a STARTTLS text
+                # protocol, so such bytes wait here for the switch and go to the engine;
+                # were the zero byte not to come within HOLD_GRACE, they go to prog after all.
+                if not self.held:
+                    self.held_since = time.monotonic()
+                self.held += data
+            else:
+                self.to_prog += data
+            return
         self._handle(self.conn.receive(data))
         self.to_client += self.conn.outgoing()
 
@@ -187,6 +230,13 @@ class Relay:
             return
         except OSError:
             data = b""
+        if self.cleartext:
+            # -n, before the switch: prog's output goes to the client as it is.
+            if data:
+                self.to_client += data
+            else:
+                self.prog_out_ended = True
+            return
         if data:
             self.conn.send(data)
         else:
@@ -223,20 +273,128 @@ class Relay:
         except OSError:
             pass
 
+    # ------------------------------------------------------------------ -p 1 and -n
+    def _proxy_data(self, data: bytes) -> bytes | None:
+        """-p 1: feed the PROXY header reader. Returns the bytes after the header once it is
+        complete (None while it is not, when nothing follows it, or on failure)."""
+        assert self.proxy is not None
+        if not data:
+            if self.proxy.started:
+                log.fatal("unable to read the PROXY header (connection closed in the middle)")
+            else:
+                log.debug("connection closed before the PROXY header")
+            self.failed = True
+            return None
+        try:
+            header = self.proxy.feed(data)
+        except proxyproto.ProxyError as e:
+            # The C version's wording; like it, shown at the default verbosity: with -p 1
+            # only the proxy connects, so a bad header is a configuration problem.
+            log.fatal(f"unable to receive incoming proxy-protocol v1 string ({e})")
+            self.failed = True
+            return None
+        if header is None:
+            return None
+        rest, self.proxy = self.proxy.rest, None
+        self.env.update(header.environment())
+        if header.family != "UNKNOWN":
+            log.set_prefix(log.client_prefix(header.source_ip, header.source_port))
+            log.debug(f"PROXY {header.family}: client "
+                      f"{log.client_prefix(header.source_ip, header.source_port)}, server "
+                      f"{log.client_prefix(header.dest_ip, header.dest_port)}")
+        else:
+            log.debug("PROXY UNKNOWN: keeping the socket's addresses")
+        if self.cleartext:
+            self._start_cleartext()
+        return rest or None
+
+    def _start_cleartext(self) -> None:
+        """-n: prog runs at once, before any TLS, so it gets the connection's addresses but
+        not the SSL_* variables (there has been no handshake yet)."""
+        self.prog.go(dict(self.env))
+        self.started = True
+
+    def _read_control(self) -> None:
+        """-n: prog's fd 5. One zero byte asks for TLS; end of file means it never will."""
+        fd = self.prog.control_in
+        assert fd is not None
+        try:
+            byte = os.read(fd, 1)
+        except BlockingIOError:
+            return
+        except OSError:
+            byte = b""
+        if not byte:
+            log.debug("prog closed fd 5: the connection stays in cleartext")
+            os.close(fd)
+            self.prog.control_in = None
+            return
+        if byte != b"\0":
+            log.error(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
+            self.failed = True
+            return
+        self._switch_to_tls()
+
+    def _switch_to_tls(self) -> None:
+        # prog wrote its last cleartext to stdout before the zero byte to fd 5, so it is all
+        # in the stdout pipe by now: read it before anything else, so that it reaches the
+        # client in cleartext ahead of our first TLS byte (to_client is one ordered queue).
+        # At most a pipe-full can predate the signal; the cap stops a prog that keeps writing.
+        drained = 0
+        while self.prog.stdout >= 0 and not self.prog_out_ended and drained < BUFFER_LIMIT:
+            try:
+                data = os.read(self.prog.stdout, READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            if not data:
+                self.prog_out_ended = True
+                break
+            drained += len(data)
+            self.to_client += data
+        self.cleartext = False
+        self.handshake_deadline = time.monotonic() + self.options.handshake_timeout
+        log.debug("delayed encryption: prog asked for TLS, starting the handshake")
+        # Bytes the client sent from here on are TLS; those held back already are too.
+        if self.held:
+            data, self.held = bytes(self.held), bytearray()
+            self._handle(self.conn.receive(data))
+            self.to_client += self.conn.outgoing()
+
+    def _send_ack(self) -> None:
+        """-n: the zero byte on prog's fd 6 after the handshake (one byte into an empty
+        pipe: it cannot block)."""
+        fd, self.prog.ack_out = self.prog.ack_out, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, b"\0")
+        except OSError as e:
+            log.debug(f"unable to write the acknowledgement to prog ({log.oserror_text(e)})")
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
         # select(), not poll(): in the jail RLIMIT_NOFILE is 0, and Linux refuses a poll()
         # over more descriptors than that limit (EINVAL); select() has no such check.
         opts = self.options
         start = time.monotonic()
-        handshake_deadline = start + opts.handshake_timeout
+        # -p 1: the PROXY header is read within the handshake timeout; -n: the timeout
+        # starts again at the switch.
+        self.handshake_deadline = start + opts.handshake_timeout
         last_progress = start
-        for fd in (self.client_in, self.client_out, self.prog.stdin, self.prog.stdout):
-            _nonblocking(fd)
+        for fd in (self.client_in, self.client_out, self.prog.stdin, self.prog.stdout,
+                   self.prog.control_in):
+            if fd is not None:
+                _nonblocking(fd)
+        if self.cleartext and self.proxy is None:
+            self._start_cleartext()
         while True:
             if self.failed or self.client_gone:
                 break
-            handshaking = not self.started
+            handshaking = self.proxy is not None or not (self.cleartext or self.tls_up)
             if self.client_ended and not self.to_prog:
                 self._close_prog_stdin()
             if self.prog_out_ended and not self.to_client:
@@ -247,21 +405,31 @@ class Relay:
                 break
             readers = []
             writers = []
-            if not self.client_ended and len(self.to_prog) < BUFFER_LIMIT:
+            if not self.client_ended and len(self.to_prog) + len(self.held) < BUFFER_LIMIT:
                 readers.append(self.client_in)
-            if self.started and not self.prog_out_ended and len(self.to_client) < BUFFER_LIMIT:
+            if self.started and (self.cleartext or self.tls_up) and not self.prog_out_ended \
+                    and len(self.to_client) < BUFFER_LIMIT:
                 readers.append(self.prog.stdout)
+            if self.cleartext and self.started and self.prog.control_in is not None:
+                readers.append(self.prog.control_in)
             if self.to_client and not self.out_shut:
                 writers.append(self.client_out)
             if self.to_prog and not self.prog_in_closed:
                 writers.append(self.prog.stdin)
             now = time.monotonic()
+            if self.held and self.cleartext and now >= self.held_since + HOLD_GRACE:
+                self.to_prog += self.held
+                self.held.clear()
+                continue
             deadline = last_progress + opts.timeout
             if handshaking:
-                deadline = min(deadline, handshake_deadline)
+                deadline = min(deadline, self.handshake_deadline)
             if now >= deadline:
-                log.info("handshake timeout" if handshaking and now >= handshake_deadline
-                         else "network timeout")
+                if handshaking and now >= self.handshake_deadline:
+                    log.info("timeout reading the PROXY header" if self.proxy is not None
+                             else "handshake timeout")
+                else:
+                    log.info("network timeout")
                 self.failed = True
                 break
             if not readers and not writers:
@@ -269,6 +437,8 @@ class Relay:
                 time.sleep(min(0.05, deadline - now))
                 continue
             wait = deadline - now
+            if self.held:
+                wait = min(wait, max(0.0, self.held_since + HOLD_GRACE - now))
             if self.prog_out_ended:
                 # prog's exit wakes no descriptor: poll for it, or a prog that exits just
                 # after closing its stdout is noticed only when the client sends or the
@@ -281,11 +451,15 @@ class Relay:
             if not can_read and not can_write:
                 continue
             last_progress = time.monotonic()
+            # -n: the control pipe first, so that client bytes read in the same round after
+            # the zero byte go to the engine.
+            if self.prog.control_in is not None and self.prog.control_in in can_read:
+                self._read_control()
             if self.client_in in can_read:
                 self._read_client()
             if self.client_out in can_write and self.to_client:
                 self._write_client()
-            if self.prog.stdout in can_read:
+            if self.prog.stdout in can_read and (self.cleartext or self.tls_up):
                 self._read_prog()
             if self.prog.stdin in can_write and self.to_prog:
                 self._write_prog()
@@ -306,6 +480,7 @@ class Relay:
             self.prog.abort()
             self.prog.wait()
             return EXIT_FATAL
+        self.prog.close()   # -n: fd 5 and 6 too, so that a prog awaiting the ack sees EOF
         status = self.prog.wait(timeout=self.options.timeout)
         if self.failed and status is None:
             return EXIT_FATAL
@@ -336,7 +511,8 @@ def run(options) -> int:
             from . import clientcert
             anchor_pem = keys.read_anchor(options.anchor_path)
         prog = child.start_prog(options.prog, user=options.user,
-                                user_from_cert=options.user_from_cert is not None)
+                                user_from_cert=options.user_from_cert is not None,
+                                delayed_encryption=options.delayed_encryption)
     except (OSError, jail.JailError, child.ChildError) as e:
         log.fatal(f"unable to start: {e}")
         return EXIT_FATAL
