@@ -23,6 +23,10 @@ TAG_LEN = 16
 CBC_BLOCK = 16
 # Widest CBC padding: 255 padding bytes plus the length byte (RFC 5246 section 6.2.3.2).
 _PAD_WINDOW = 256
+# The padding check works on integers of a fixed width: a sentinel bit above the widest
+# window, and one mask per padding length covering its last pad+1 bytes (see _open_mte).
+_PAD_SENTINEL = 1 << (8 * _PAD_WINDOW)
+_PAD_MASKS = tuple(_PAD_SENTINEL | ((1 << (8 * (pad + 1))) - 1) for pad in range(256))
 
 OpenResult = tuple[list[tuple[int, bytes]], int, str]
 
@@ -286,7 +290,9 @@ class CbcProtection(RecordProtection):
         self._hash_block = self._mac.block_size
         # Bytes the hash appends when finishing: 0x80 and the bit length (RFC 6234 4.1, 4.2).
         self._hash_tail = 1 + (16 if self._hash_block == 128 else 8)
-        self._dummy = hashlib.new(mac_hash)
+        # For the dummy compressions: an HMAC of the same hash (the key does not matter,
+        # the result is thrown away), so that a dummy block costs what a real one does.
+        self._dummy = hmac.new(bytes(len(mac_key)), digestmod=digestmod)
         self._zero_blocks = bytes(self._hash_block * ((_PAD_WINDOW + 2 * 128) // 64))
         # Smallest ciphertext (without explicit IV) that can hold a MAC and a padding byte.
         self._min_body = max(CBC_BLOCK, -(-(self._mac_len + 1) // CBC_BLOCK) * CBC_BLOCK)
@@ -412,9 +418,15 @@ class CbcProtection(RecordProtection):
         pad = plain[-1]
         window = plain[max(start, len(plain) - _PAD_WINDOW):]
         # Every byte of the last pad+1 must equal pad: XOR with a run of `pad` bytes and
-        # mask to the last pad+1 bytes; a big-integer of fixed width, no per-byte branch.
-        diff = int.from_bytes(window, "big") ^ int.from_bytes(bytes((pad,)) * len(window), "big")
-        pad_ok = ((diff & ((1 << (8 * (pad + 1))) - 1)) == 0) & (pad + 1 + mac_len <= total)
+        # mask to the last pad+1 bytes, no per-byte branch. The sentinel bit keeps every
+        # integer at the same width whatever the padding length: CPython's & costs time in
+        # proportion to the narrower operand, and a mask built as (1 << 8*(pad+1)) - 1 made
+        # a padding of 255 measurably slower to check than one of 0 (bench/lucky13.py).
+        # The leading 1 byte keeps both operands at full width too (a run of zero bytes,
+        # pad 0, would otherwise be the integer 0).
+        diff = (int.from_bytes(b"\x01" + window, "big")
+                ^ int.from_bytes(b"\x01" + bytes((pad,)) * len(window), "big")) | _PAD_SENTINEL
+        pad_ok = ((diff & _PAD_MASKS[pad]) == _PAD_SENTINEL) & (pad + 1 + mac_len <= total)
         # Bad padding: treat as no padding at all (the longest content).
         strip = (pad + 1) * pad_ok
         content_len = total - mac_len - strip
@@ -428,8 +440,10 @@ class CbcProtection(RecordProtection):
         block = self._hash_block
         done = (13 + content_len + self._hash_tail + block - 1) // block
         most = (13 + (total - mac_len) + self._hash_tail + block - 1) // block
+        # The dummy blocks go through the same kind of object and call as the real ones
+        # (a keyed HMAC copy fed a bytes slice), so a block costs the same either way.
         dummy = self._dummy.copy()
-        dummy.update(memoryview(self._zero_blocks)[:(most - done) * block])
+        dummy.update(self._zero_blocks[:(most - done) * block])
         if not (pad_ok & mac_ok):
             return suites.BAD_RECORD_MAC, "record did not authenticate"
         return plain[start:start + content_len]
