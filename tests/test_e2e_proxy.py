@@ -16,6 +16,7 @@ Where Debian's tlswrapper 20230101 differs, the test says so and runs ours only:
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -70,8 +71,10 @@ def run_with_header(impl: str, pki, prog: Path, header: bytes, *, glue: bool = T
         tls = BioTLS(c.sock)
         tls.handshake(header, glue=glue, piece=piece)
         data, _clean = tls.recv_all()
-        result = c.finish()
         client_port = c.sock.getsockname()[1]
+        # Debian's tlswrapper waits for the client's end of file after prog's output ended.
+        c.sock.shutdown(socket.SHUT_WR)
+        result = c.finish()
     return tls, data, result, client_port
 
 
