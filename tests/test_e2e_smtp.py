@@ -22,7 +22,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import debian_tlswrapper, free_port, needs_root, our_command, wait_for_port, which
+from conftest import (
+    debian_tlswrapper,
+    free_port,
+    needs_root,
+    our_command,
+    wait_for_port,
+    which,
+)
 
 pytestmark = [needs_root, pytest.mark.timeout(300)]
 
@@ -85,7 +92,7 @@ class TcpServer:
     def __init__(self, argv, log_path: Path, env=None):
         self.port = free_port()
         self.log_path = log_path
-        self.logf = open(log_path, "wb")
+        self.logf = open(log_path, "wb")  # noqa: SIM115 -- closed in stop()
         self.proc = subprocess.Popen([which("tcpserver"), "-HRDl0", "127.0.0.1", str(self.port),
                                       *argv], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=self.logf,

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import needs_root, our_command
@@ -58,7 +59,7 @@ def test_resolve_in_a_child():
 
 
 def test_usage_line_exit_100():
-    p = subprocess.run([our_command("tlswrapper-tcp")], capture_output=True, timeout=30)
+    p = subprocess.run([our_command("tlswrapper-tcp")], capture_output=True, timeout=30, check=False)
     assert p.returncode == 100 and p.stdout == b""
     assert p.stderr == (b"tlswrapper-tcp: fatal: no host given; usage: "
                         b"tlswrapper-tcp [options] host port\n")
@@ -108,7 +109,8 @@ def run_tcp(args, input_bytes=b"", timeout=30, env=None):
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run([our_command("tlswrapper-tcp"), *args], input=input_bytes,
-                          capture_output=True, timeout=timeout, env=full_env)
+                          capture_output=True, timeout=timeout, env=full_env,
+                          check=False)
 
 
 @needs_root
@@ -246,11 +248,11 @@ def test_jailed_live_process():
     try:
         conn, _ = lsock.accept()
         lsock.settimeout(10)
-        status = open(f"/proc/{proc.pid}/status").read()
+        status = Path(f"/proc/{proc.pid}/status").read_text()
         uids = [int(x) for x in status.split("Uid:")[1].split("\n")[0].split()]
         assert len(set(uids)) == 1 and uids[0] >= 0x70000000
         assert os.readlink(f"/proc/{proc.pid}/root") == "/var/lib/tlswrapper/empty"
-        limits = open(f"/proc/{proc.pid}/limits").read()
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
         for name in ("Max open files", "Max processes", "Max core file size"):
             line = next(ln for ln in limits.splitlines() if ln.startswith(name))
             assert line.split()[-3:-1] == ["0", "0"] or line.split()[-2:] == ["0", "0"] \

@@ -13,19 +13,34 @@ in cleartext is kept. Exit status: prog's; 111 on our failure; 100 for a usage e
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 import select
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NoReturn, Sequence
+from typing import NoReturn
 
 from . import child, jail, log
-from .tcp import (EXIT_FAILURE, Address, Failure, OptionError, UsageError, connect_first,
-                  make_sockets, parse_account, parse_jail_dir, parse_port, parse_timeout,
-                  resolve, run_main, split_options, verbosity_of, warm_up)
+from .tcp import (
+    EXIT_FAILURE,
+    Address,
+    Failure,
+    OptionError,
+    UsageError,
+    connect_first,
+    make_sockets,
+    parse_account,
+    parse_jail_dir,
+    parse_port,
+    parse_timeout,
+    resolve,
+    run_main,
+    split_options,
+    verbosity_of,
+    warm_up,
+)
 
 USAGE = "tlswrapper-smtp [options] prog [args...]"
 DEFAULT_SESSION_TIMEOUT = 600     # -t
@@ -479,7 +494,7 @@ class Session:
             if self.policy_sock is None:
                 if not self.policy_candidates:
                     raise Failure("no socket left for the greylist server")
-                addr, sock = connect_first(self.policy_candidates[:1], self.o.io_timeout)
+                _addr, sock = connect_first(self.policy_candidates[:1], self.o.io_timeout)
                 self.policy_candidates = self.policy_candidates[1:]
                 self.policy_sock = sock
             try:

@@ -21,8 +21,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NoReturn, Sequence
+from typing import NoReturn
 
 from . import child, jail, log, proxyproto
 
@@ -131,7 +132,8 @@ def parse_proxy_version(direction: str, value: str) -> int:
 
 
 def parse_account(option: str, name: str) -> str:
-    from .cli import OptionError as CliOptionError, _account
+    from .cli import OptionError as CliOptionError
+    from .cli import _account
     try:
         return _account(option, name)
     except CliOptionError as e:
@@ -170,7 +172,7 @@ def run_main(name: str, usage: str, parse: Callable[[list[str]], object],
     except BaseException as e:  # noqa: BLE001 -- the last line of defence against tracebacks
         try:
             log.fatal(f"internal error ({type(e).__name__}: {e})")
-        except BaseException:   # noqa: BLE001
+        except BaseException:   # noqa: BLE001, S110 -- nothing is left to report it to
             pass
         code = EXIT_FAILURE
     sys.exit(code)
@@ -266,7 +268,7 @@ def resolve(host: str, port: int, timeout: float, account: str | jail.Account | 
         except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the caller
             try:
                 os.write(wfd, f"E resolver failed ({type(e).__name__})\n".encode())
-            except BaseException:   # noqa: BLE001
+            except BaseException:   # noqa: BLE001, S110 -- nothing is left to report it to
                 pass
         os._exit(code)
     os.close(wfd)
