@@ -66,7 +66,30 @@ while True:
         out("220 ready to start TLS\r\n")
         if mode == "slow":
             time.sleep(0.7)   # the client answers the 220 before the zero byte exists
+        if mode == "inject":
+            time.sleep(0.5)   # the relay has read all the client's pipelined cleartext
         os.write(5, b"x" if mode == "badbyte" else b"\0")
+        if mode == "inject":
+            # Read stdin and fd 6 together, as tlswrapper-smtp does: everything read from
+            # stdin before the zero byte on fd 6 is cleartext the client sent before the
+            # switch; it must all come first, and nothing from inside TLS may.
+            import select
+            before = 0
+            while True:
+                ready, _, _ = select.select([0, 6], [], [])
+                if 6 in ready:
+                    break
+                chunk = os.read(0, 16384)
+                if not chunk:
+                    sys.exit(4)
+                before += len(chunk)
+                time.sleep(0.01)   # a slow reader: the handshake ends before it is done
+            if os.read(6, 1) != b"\0":
+                sys.exit(3)
+            tls = True
+            line = readline()
+            out("250 before=%d after=%s\r\n" % (before, line.strip()))
+            continue
         ack = os.read(6, 1)
         if ack != b"\0":
             sys.stderr.write("smtp-prog: no ack on fd 6: %r\n" % ack)
@@ -200,6 +223,28 @@ def test_with_proxy_header(pki, smtp_prog) -> None:
     assert "250-test 192.0.2.7 40001" in text
     assert "192.0.2.7:40001: handshake:" in text
     assert status == 0, text
+
+
+def test_cleartext_pipelined_before_switch_reaches_prog_before_the_ack(pki, smtp_prog) -> None:
+    """A client pipelines 512 KiB of cleartext right after STARTTLS (more than a pipe holds,
+    so most of it still waits in the relay at the switch). All of it reaches prog before the
+    zero byte on fd 6, and the first line from inside TLS after it: the boundary is exact.
+    (Cleartext the relay has not read from the socket at the switch is taken as TLS: the
+    handshake then fails; prog's sleep before its zero byte avoids that here.)"""
+    injected = (b"RCPT TO:<injected@example.com>\r\n" * 32768)[:1 << 19]
+    with OneConnection(wrapper_argv(pki, [*smtp_prog, "inject"])) as c:
+        assert c.recv_until(b"\r\n") == b"220 test ESMTP\r\n"
+        c.sock.sendall(b"STARTTLS\r\n" + injected)
+        c.recv_until(b"220 ready to start TLS\r\n")
+        tls = BioTLS(c.sock)
+        tls.handshake()
+        tls.send(b"NOOP inside\r\n")
+        reply = tls.recv_until(b"\r\n")
+        tls.send(b"QUIT\r\n")
+        tls.recv_all()
+        result = c.finish()
+    assert reply == b"250 before=%d after=NOOP inside\r\n" % len(injected), reply
+    assert result.returncode == 0, result.stderr
 
 
 def test_no_ack_without_handshake(pki, smtp_prog) -> None:

@@ -7,12 +7,13 @@ one poll loop; each buffer is bounded, so a slow side stops the reading of the o
 
 from __future__ import annotations
 
-import errno
+import array
 import fcntl
 import os
 import select
 import socket
 import stat
+import termios
 import time
 
 from . import certfiles, child, jail, log, proxyproto, sslenv
@@ -34,6 +35,16 @@ TLS_HANDSHAKE_RECORD = 0x16
 def _nonblocking(fd: int) -> None:
     flags = fcntl.fcntl(fd, fcntl.F_GETFL)
     fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to a pipe and not yet read from it (FIONREAD works on either end)."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def _is_socket(fd: int) -> bool:
@@ -84,6 +95,10 @@ class Relay:
         self.held_since = 0.0
         self.tls_up = False           # the handshake completed
         self.handshake_deadline = 0.0
+        # -n: client cleartext received before the switch that prog has not read yet. It
+        # must reach prog before the zero byte on fd 6, and the first TLS byte after it.
+        self.cleartext_left = 0
+        self.ack_due = False
 
     # ------------------------------------------------------------------ events
     def _handle(self, events: list) -> None:
@@ -130,8 +145,10 @@ class Relay:
         self.tls_up = True
         if self.started:
             # -n: prog runs already (so it cannot be given the SSL_* variables); tell it
-            # that from now on its stdin and stdout are inside TLS.
-            self._send_ack()
+            # that from now on its stdin and stdout are inside TLS, once it has read the
+            # cleartext that came before the switch.
+            self.ack_due = True
+            self._maybe_ack()
             return
         env = dict(self.env)
         env.update(tls_environment(done))
@@ -245,16 +262,33 @@ class Relay:
         self.to_client += self.conn.outgoing()
 
     def _write_prog(self) -> None:
+        # -n: nothing from inside TLS goes to prog before the acknowledgement on fd 6.
+        data = self.to_prog[:self.cleartext_left] if self.cleartext_left else self.to_prog
         try:
-            n = os.write(self.prog.stdin, self.to_prog)
+            n = os.write(self.prog.stdin, data)
         except BlockingIOError:
             return
         except OSError:
             # prog stopped reading: what the client still sends has nowhere to go.
             self.to_prog.clear()
+            self.cleartext_left = 0
+            self._maybe_ack()
             self._close_prog_stdin()
             return
         del self.to_prog[:n]
+        if self.cleartext_left:
+            self.cleartext_left -= n
+            self._maybe_ack()
+
+    def _maybe_ack(self) -> None:
+        if not self.ack_due or self.cleartext_left:
+            return
+        # The cleartext is in prog's stdin pipe, but prog reads two pipes: only once it has
+        # read all of it does the zero byte on fd 6 mark the boundary without a race.
+        if not self.prog_in_closed and _unread(self.prog.stdin) > 0:
+            return   # checked again on the next round of the loop
+        self.ack_due = False
+        self._send_ack()
 
     def _close_prog_stdin(self) -> None:
         if not self.prog_in_closed:
@@ -354,6 +388,7 @@ class Relay:
             drained += len(data)
             self.to_client += data
         self.cleartext = False
+        self.cleartext_left = len(self.to_prog)
         self.handshake_deadline = time.monotonic() + self.options.handshake_timeout
         log.debug("delayed encryption: prog asked for TLS, starting the handshake")
         # Bytes the client sent from here on are TLS; those held back already are too.
@@ -414,7 +449,10 @@ class Relay:
                 readers.append(self.prog.control_in)
             if self.to_client and not self.out_shut:
                 writers.append(self.client_out)
-            if self.to_prog and not self.prog_in_closed:
+            if self.ack_due:
+                self._maybe_ack()
+            if self.to_prog and not self.prog_in_closed \
+                    and not (self.ack_due and not self.cleartext_left):
                 writers.append(self.prog.stdin)
             now = time.monotonic()
             if self.held and self.cleartext and now >= self.held_since + HOLD_GRACE:
@@ -439,6 +477,8 @@ class Relay:
             wait = deadline - now
             if self.held:
                 wait = min(wait, max(0.0, self.held_since + HOLD_GRACE - now))
+            if self.ack_due:
+                wait = min(wait, 0.01)   # -n: waiting for prog to read its stdin pipe
             if self.prog_out_ended:
                 # prog's exit wakes no descriptor: poll for it, or a prog that exits just
                 # after closing its stdout is noticed only when the client sends or the
