@@ -11,7 +11,8 @@ Measured, for TLS 1.2 and 1.3 (the C version has no 1.3: ours alone there), ECDS
 RSA 2048 certificates:
   (a) sequential handshakes/s: connect, full handshake, one line echoed by `cat`, close;
   (b) the same from 4 concurrent client processes;
-  (c) bulk download (prog: head -c SIZE /dev/zero) and upload (prog: head -c SIZE >/dev/null; echo done), MB/s;
+  (c) bulk download (prog: head -c SIZE /dev/zero) and upload
+      (prog: head -c SIZE >/dev/null; echo done), MB/s;
   (d) time to first byte (connect until the first byte of the echoed line), p50 and p99,
       from the sequential run;
   (e) PSS and RSS of all processes serving one idle connection (/proc/PID/smaps_rollup);

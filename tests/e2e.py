@@ -540,7 +540,7 @@ class DuplexClient:
                     return
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError("send timed out")
+                    raise TimeoutError("send timed out") from None
                 select.select([], [self.sock], [], left)
 
     def _pull(self, deadline: float) -> None:

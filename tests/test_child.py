@@ -280,13 +280,13 @@ def test_connection_addresses_from_pipe() -> None:
 def test_prog_after_network_process_jails(tmp_path) -> None:
     """The go-ahead needs no new fd or process on the network side: send it from a process
     with RLIMIT_NOFILE and RLIMIT_NPROC at 0."""
-    code = f"""
+    code = """
 import os, resource, sys
 from tlswrapper.child import start_prog
 prog = start_prog(["/bin/sh", "-c", "echo ran:$TCPREMOTEIP"])
 resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
 resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-prog.go({{"TCPREMOTEIP": "192.0.2.7"}})
+prog.go({"TCPREMOTEIP": "192.0.2.7"})
 os.close(prog.stdin)
 data = b""
 while chunk := os.read(prog.stdout, 100):

@@ -14,13 +14,12 @@ import os
 import resource
 import signal
 import sys
-import tempfile
 import threading
 import time
 
 import pytest
 
-from tlswrapper import ipc, keyclient
+from tlswrapper import ipc
 from tlswrapper.keyclient import KeyProcessDied, PipeKeyService, start_key_process
 from tlswrapper.keys import service as key_service
 from tlswrapper.tls import suites

@@ -130,7 +130,8 @@ def _check_file(kind: str, given: str, add_word: str) -> None:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise OptionError(f"unable to {add_word} {kind} '{path}' ({log.oserror_text(e)}{note})") from None
+        reason = f"{log.oserror_text(e)}{note}"
+        raise OptionError(f"unable to {add_word} {kind} '{path}' ({reason})") from None
     if stat.S_ISDIR(st.st_mode):
         raise OptionError(f"unable to add {kind} '{path}' (is a directory)")
     try:
@@ -147,7 +148,8 @@ def _check_dir(given: str) -> None:
     try:
         st = os.stat(path)
     except OSError as e:
-        raise OptionError(f"unable to stat certdir '{path}' ({log.oserror_text(e)}{note})") from None
+        reason = f"{log.oserror_text(e)}{note}"
+        raise OptionError(f"unable to stat certdir '{path}' ({reason})") from None
     if not stat.S_ISDIR(st.st_mode):
         raise OptionError(f"unable to add certdir '{path}' (not a directory)")
 
@@ -289,8 +291,8 @@ def _check_algorithms(options: Options) -> None:
                           f"{_version_name(hi)}")
     if hi < suites.TLS13 and all(suites.GROUP_NAMES[g] in suites.TLS13_ONLY_GROUPS
                                  for g in options.groups):
-        raise OptionError(f"no enabled ephemeral algorithm works below tls13 "
-                          f"(x25519mlkem768 is TLS 1.3 only)")
+        raise OptionError("no enabled ephemeral algorithm works below tls13 "
+                          "(x25519mlkem768 is TLS 1.3 only)")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

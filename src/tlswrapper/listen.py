@@ -35,7 +35,8 @@ EXIT_FAILURE = cli.EXIT_FAILURE
 DEFAULT_LIMIT = 100          # tcpserver's -c default
 DEFAULT_BACKLOG = 128
 MAX_LIMIT = 100000
-USAGE = "tlswrapper-listen [ -c limit ] [ -b backlog ] host port | - [tlswrapper options] prog [args...]"
+USAGE = ("tlswrapper-listen [ -c limit ] [ -b backlog ] host port | - "
+         "[tlswrapper options] prog [args...]")
 SD_LISTEN_FDS_START = 3      # sd_listen_fds(3): the first passed descriptor
 
 # The variables tcpserver -HRDl0 sets (PROTO, TCPLOCALHOST=0 from -l0) or unsets (-H: no

@@ -311,7 +311,8 @@ class Relay:
     def _proxy_data(self, data: bytes) -> bytes | None:
         """-p 1: feed the PROXY header reader. Returns the bytes after the header once it is
         complete (None while it is not, when nothing follows it, or on failure)."""
-        assert self.proxy is not None
+        if self.proxy is None:
+            return data
         if not data:
             if self.proxy.started:
                 log.fatal("unable to read the PROXY header (connection closed in the middle)")
@@ -351,7 +352,8 @@ class Relay:
     def _read_control(self) -> None:
         """-n: prog's fd 5. One zero byte asks for TLS; end of file means it never will."""
         fd = self.prog.control_in
-        assert fd is not None
+        if fd is None:
+            return
         try:
             byte = os.read(fd, 1)
         except BlockingIOError:

@@ -56,7 +56,8 @@ MAX_REPLY_LINES = 100
 READ_SIZE = 1 << 16
 BODY_BUFFER = 1 << 18             # DATA body bytes waiting for the server, at most
 POLICY_REPLY_LIMIT = 8192
-POLICY_SOCKETS = 4                # unconnected sockets kept for the policy server (jail: no new ones)
+# Unconnected sockets kept for the policy server (in the jail no new ones can be made).
+POLICY_SOCKETS = 4
 
 # Extensions we take out of the server's EHLO reply: STARTTLS is ours to offer; CHUNKING
 # (BDAT) sends binary chunks that a line relay cannot follow.

@@ -202,7 +202,9 @@ class Address:
         return (self.ip, self.port) if self.family == socket.AF_INET else (self.ip, self.port, 0, 0)
 
     def __str__(self) -> str:
-        return f"[{self.ip}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.ip}:{self.port}"
+        if self.family == socket.AF_INET6:
+            return f"[{self.ip}]:{self.port}"
+        return f"{self.ip}:{self.port}"
 
 
 def _resolver_child(wfd: int, host: str, port: int, account: str | None) -> int:
@@ -210,7 +212,8 @@ def _resolver_child(wfd: int, host: str, port: int, account: str | None) -> int:
         if os.geteuid() == 0:
             drop_privileges(jail.choose_account(account))
     except (OSError, jail.JailError) as e:
-        os.write(wfd, f"E unable to drop privileges ({log.oserror_text(e) if isinstance(e, OSError) else e})\n".encode())
+        reason = log.oserror_text(e) if isinstance(e, OSError) else e
+        os.write(wfd, f"E unable to drop privileges ({reason})\n".encode())
         return EXIT_FAILURE
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_STREAM,

@@ -1,5 +1,6 @@
 """Record framing, size limits and handshake message reassembly (RFC 8446 section 5, RFC 5246
-section 6.2). Rule: bounded buffers only; every malformed input raises DecodeError with its alert."""
+section 6.2). Rule: bounded buffers only; every malformed input raises DecodeError with its
+alert."""
 
 from __future__ import annotations
 

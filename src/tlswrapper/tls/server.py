@@ -518,7 +518,8 @@ class ServerConnection:
         version = min(legacy, cfg.version_max, suites.TLS12)
         if version < cfg.version_min:
             raise _Abort(suites.PROTOCOL_VERSION,
-                         f"client's highest version {suites.VERSION_LABELS.get(legacy, hex(legacy))}"
+                         f"client's highest version "
+                         f"{suites.VERSION_LABELS.get(legacy, hex(legacy))}"
                          " is below the configured minimum")
         return version
 
@@ -534,7 +535,7 @@ class ServerConnection:
                          "supported_groups and key_share")
         groups = m.parse_supported_groups(groups_raw)
         seen: set[int] = set()
-        for group, share in shares:
+        for group, _share in shares:
             if group in seen:
                 raise _Abort(suites.ILLEGAL_PARAMETER, "two key shares for one group")
             if group not in groups:
@@ -811,7 +812,6 @@ class ServerConnection:
 
     # ------------------------------------------------------------------ TLS 1.2
     def _server_flight_12(self) -> None:
-        hello = self.client_hello
         self._server_random = self._make_server_random()
         extensions = []
         if self._secure_renegotiation:

@@ -186,7 +186,7 @@ class CipherSuite:
     version_min: int     # lowest version that may use it
     version_max: int     # highest version that may use it
     auth: str | None     # "ecdsa", "rsa", or None for TLS 1.3 suites
-    cipher: str          # "chacha20-poly1305", "aes-128-gcm", "aes-256-gcm", "aes-128-cbc", "aes-256-cbc"
+    cipher: str          # chacha20-poly1305, aes-128-gcm, aes-256-gcm, aes-128-cbc, aes-256-cbc
     key_len: int
     iv_len: int          # fixed IV (AEAD) or CBC block size
     mac: str | None      # HMAC hash for CBC suites, None for AEAD
