@@ -345,6 +345,22 @@ def test_several_key_updates_in_one_flight(pki):
     assert w.app_data() == b"x"
 
 
+def test_key_update_flood_is_refused_and_data_resets_the_count(pki):
+    from tlswrapper.tls.server import MAX_KEY_UPDATES
+    w = connected(pki)
+    for _ in range(MAX_KEY_UPDATES):
+        w.client.key_update(requested=True)
+        w.pump()
+    exchange(w, 100)             # application data between: the count starts again
+    for _ in range(MAX_KEY_UPDATES):
+        w.client.key_update(requested=False)
+        w.pump()
+    assert not w.server.failed, w.events
+    w.client.key_update(requested=False)
+    w.pump()
+    assert_failed(w, s.UNEXPECTED_MESSAGE)
+
+
 def test_key_update_with_bad_value_is_illegal_parameter(pki):
     w = connected(pki)
     w.client.send_protected(s.HANDSHAKE, handshake_message(s.HS_KEY_UPDATE, b"\x02"))

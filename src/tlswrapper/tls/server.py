@@ -36,6 +36,7 @@ from .wire import DecodeError, Reader, handshake_message
 # Bounds against a client that keeps us busy without progress.
 MAX_EMPTY_RECORDS = 32          # consecutive empty application_data records
 MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
+MAX_KEY_UPDATES = 32            # KeyUpdates in a row with no application data between them
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
 _CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
@@ -128,6 +129,7 @@ class ServerConnection:
         self._early_data_offered = False
         self._skipped_early_data = 0
         self._empty_records = 0
+        self._key_updates = 0
         self._warnings = 0
         self._groups: tuple[int, ...] = ()
         self._schemes: tuple[int, ...] = ()
@@ -380,6 +382,7 @@ class ServerConnection:
                 raise _Abort(suites.UNEXPECTED_MESSAGE, "too many empty records")
             return
         self._empty_records = 0
+        self._key_updates = 0
         self._events.append(ApplicationData(data))
 
     def _alert(self, fragment: bytes) -> None:
@@ -803,6 +806,10 @@ class ServerConnection:
     def _key_update(self, body: bytes) -> None:
         self._require_record_boundary("KeyUpdate")
         update = m.parse_key_update(body)
+        # Each one costs us a key derivation and, if requested, an answer: bound a flood.
+        self._key_updates += 1
+        if self._key_updates > MAX_KEY_UPDATES:
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "too many KeyUpdate messages in a row")
         self.keys.key_update(READ)
         if update.request_update == 1 and not self.local_closed:
             # RFC 8446 4.6.3: answer with update_not_requested, then switch our keys.
