@@ -16,6 +16,7 @@ from typing import Literal, NoReturn, Sequence
 
 from . import log
 from .certfiles import CertEntry, candidate_paths, fixpath
+from .optscan import OptionError, UsageError, split_options
 from .jail import DEFAULT_JAIL_DIR
 from .tls import suites
 from .tls.config import ConfigError, ServerConfig
@@ -33,14 +34,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 30
 MAX_TIMEOUT = 86400          # the C version refuses more than a day
 USER_FIELDS = ("commonName", "emailAddress")
 _NUMBER = re.compile(r"[+-]?[0-9]+")
-
-
-class UsageError(Exception):
-    """The command line cannot be read: one line with the reason and the usage, exit 100."""
-
-
-class OptionError(Exception):
-    """A readable command line with a bad value or file: one fatal line, exit 100."""
 
 
 @dataclass(frozen=True)
@@ -84,39 +77,7 @@ class Options:
 
 
 def _split(args: Sequence[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """getopt-style scan: flags combine (-vv, -qv), a value is attached (-fcert.pem) or the
-    next argument; `--` ends options; so does the first argument not starting with '-'."""
-    opts: list[tuple[str, str | None]] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            if arg == "-":
-                raise UsageError("'-' is not an option")
-            break
-        j = 1
-        while j < len(arg):
-            letter = arg[j]
-            if letter in FLAGS:
-                opts.append((letter, None))
-                j += 1
-            elif letter in WITH_VALUE:
-                if j + 1 < len(arg):
-                    value = arg[j + 1:]
-                else:
-                    i += 1
-                    if i >= len(args):
-                        raise UsageError(f"option -{letter} needs a value")
-                    value = args[i]
-                opts.append((letter, value))
-                break
-            else:
-                raise UsageError(f"unknown option -{log.escape(letter)}")
-        i += 1
-    return opts, list(args[i:])
+    return split_options(args, FLAGS, WITH_VALUE)
 
 
 def _fixed_note(given: str, fixed: str) -> str:

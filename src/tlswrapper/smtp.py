@@ -23,12 +23,11 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import child, jail, log
+from .optscan import OptionError, UsageError, split_options
 from .tcp import (
     EXIT_FAILURE,
     Address,
     Failure,
-    OptionError,
-    UsageError,
     connect_first,
     make_sockets,
     parse_account,
@@ -37,7 +36,6 @@ from .tcp import (
     parse_timeout,
     resolve,
     run_main,
-    split_options,
     verbosity_of,
     warm_up,
 )

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import child, jail, log, proxyproto
+from .optscan import OptionError, UsageError, split_options
 
 EXIT_OK = 0
 EXIT_USAGE = 100
@@ -41,55 +42,11 @@ READ_SIZE = 1 << 17             # bytes per read
 PROXY_LINE_LIMIT = 107          # a PROXY v1 header is at most 107 bytes with its CRLF
 
 
-class UsageError(Exception):
-    """The command line cannot be read: the reason plus the usage line, exit 100."""
-
-
-class OptionError(Exception):
-    """A readable command line with a bad value: one fatal line, exit 100."""
-
-
 class Failure(Exception):
     """A run-time failure: one fatal line, exit 111."""
 
 
 # --------------------------------------------------------------------------- shared helpers
-
-def split_options(args: Sequence[str], flags: str, with_value: str
-                  ) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """getopt-style scan, as tlswrapper's: flags combine (-vv), a value is attached (-t5) or
-    the next argument; `--` ends the options, and so does the first non-option argument."""
-    opts: list[tuple[str, str | None]] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            i += 1
-            break
-        if not arg.startswith("-") or arg == "-":
-            if arg == "-":
-                raise UsageError("'-' is not an option")
-            break
-        j = 1
-        while j < len(arg):
-            letter = arg[j]
-            if letter in flags:
-                opts.append((letter, None))
-                j += 1
-            elif letter in with_value:
-                if j + 1 < len(arg):
-                    value = arg[j + 1:]
-                else:
-                    i += 1
-                    if i >= len(args):
-                        raise UsageError(f"option -{letter} needs a value")
-                    value = args[i]
-                opts.append((letter, value))
-                break
-            else:
-                raise UsageError(f"unknown option -{log.escape(letter)}")
-        i += 1
-    return opts, list(args[i:])
 
 
 def verbosity_of(opts: Sequence[tuple[str, str | None]]) -> int:

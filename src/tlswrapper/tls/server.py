@@ -167,11 +167,7 @@ class ServerConnection:
                     return []   # RFC 8446 6.1: data after close_notify is ignored
                 self._reader.feed(data)
                 self._process_records()
-        except _Abort as e:
-            self._fail(e.alert, e.reason)
-        except DecodeError as e:
-            self._fail(e.alert, e.reason)
-        except KeyServiceError as e:
+        except (_Abort, DecodeError, KeyServiceError) as e:
             self._fail(e.alert, e.reason)
         return self._take_events()
 
@@ -182,11 +178,7 @@ class ServerConnection:
         try:
             self._choose(candidates)
             self._process_records()   # the client may have sent more already
-        except _Abort as e:
-            self._fail(e.alert, e.reason)
-        except DecodeError as e:
-            self._fail(e.alert, e.reason)
-        except KeyServiceError as e:
+        except (_Abort, DecodeError, KeyServiceError) as e:
             self._fail(e.alert, e.reason)
         return self._take_events()
 
