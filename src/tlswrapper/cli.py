@@ -10,19 +10,17 @@ import os
 import pwd
 import re
 import stat
-import sys
 from dataclasses import dataclass
 from typing import Literal, NoReturn, Sequence
 
 from . import log
 from .certfiles import CertEntry, candidate_paths, fixpath
-from .optscan import OptionError, UsageError, split_options
+from .optscan import (  # noqa: F401 (EXIT_USAGE, the errors: re-exported)
+    EXIT_FAILURE, EXIT_USAGE, OptionError, UsageError, run_main, split_options)
 from .jail import DEFAULT_JAIL_DIR
 from .tls import suites
 from .tls.config import ConfigError, ServerConfig
 
-EXIT_USAGE = 100     # usage or configuration error (the C version's value)
-EXIT_FAILURE = 111   # internal failure, or prog killed by a signal
 
 USAGE = "tlswrapper [options] [ -d certdir ] [ -f certfile ] prog [args...]"
 
@@ -258,50 +256,16 @@ def _check_algorithms(options: Options) -> None:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point: parse, then hand over to the relay. `argv` excludes the program name."""
-    code = EXIT_FAILURE
+    run_main("tlswrapper", USAGE, parse, _run_relay, argv)  # type: ignore[arg-type]
+
+
+def _run_relay(options: Options) -> int:
     try:
-        log.setup(name="tlswrapper", verbosity=log.DEFAULT)
-        args = list(sys.argv[1:] if argv is None else argv)
-        try:
-            options = parse(args)
-        except UsageError as e:
-            # Printed even with -q, as the C version does with its usage line.
-            log.setup(verbosity=max(log.verbosity(), log.FATAL))
-            log.fatal(f"{e}; usage: {USAGE}")
-            code = EXIT_USAGE
-        except OptionError as e:
-            log.fatal(str(e))
-            code = EXIT_USAGE
-        else:
-            try:
-                from .relay import run
-            except Exception as e:   # noqa: BLE001 -- any import failure is ours, not the user's
-                log.fatal(f"unable to load the relay ({type(e).__name__}: {e})")
-                code = EXIT_FAILURE
-            else:
-                result = run(options)
-                code = result if isinstance(result, int) else EXIT_FAILURE
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else EXIT_FAILURE
-    except KeyboardInterrupt:
-        log.fatal("interrupted")
-        code = EXIT_FAILURE
-    except BaseException as e:  # noqa: BLE001 -- the last line of defence against tracebacks
-        try:
-            log.fatal(f"internal error ({type(e).__name__}: {e})")
-        except BaseException:   # noqa: BLE001
-            pass
-        code = EXIT_FAILURE
-    if argv is None:
-        # The console script, once per connection: skip the interpreter's teardown (module
-        # clean-up costs milliseconds and does nothing for a process that ends here).
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError, AttributeError):
-                pass
-        os._exit(code)
-    sys.exit(code)
+        from .relay import run
+    except Exception as e:   # noqa: BLE001 -- any import failure is ours, not the user's
+        log.fatal(f"unable to load the relay ({type(e).__name__}: {e})")
+        return EXIT_FAILURE
+    return run(options)
 
 
 if __name__ == "__main__":

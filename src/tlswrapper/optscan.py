@@ -1,12 +1,18 @@
-"""Command-line scanning shared by tlswrapper and its companions, as the C versions read
-theirs. Rule: only the syntax lives here (which letters take values); meanings live in each
-command's own module."""
+"""Command-line scanning and the entry point shared by tlswrapper and its companions, as the
+C versions read theirs. Rule: only syntax and exit codes live here; what the options mean
+lives in each command's own module."""
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+import os
+import sys
+from collections.abc import Callable, Container, Sequence
+from typing import NoReturn
 
 from . import log
+
+EXIT_USAGE = 100     # usage or configuration error (the C version's value)
+EXIT_FAILURE = 111   # internal failure, or prog killed by a signal
 
 
 class UsageError(Exception):
@@ -53,3 +59,47 @@ def split_options(args: Sequence[str], flags: Container[str], with_value: Contai
                 raise UsageError(f"unknown option -{log.escape(letter)}")
         i += 1
     return opts, list(args[i:])
+
+
+def run_main(name: str, usage: str, parse: Callable[[list[str]], object],
+             run: Callable[[object], int], argv: Sequence[str] | None) -> NoReturn:
+    """A command's entry point: parse, run, map every outcome to an exit code; never a
+    traceback. `argv` excludes the program name; None means sys.argv (the console script)."""
+    code = EXIT_FAILURE
+    try:
+        log.setup(name=name, verbosity=log.DEFAULT)
+        args = list(sys.argv[1:] if argv is None else argv)
+        try:
+            options = parse(args)
+        except UsageError as e:
+            # Printed even with -q, as the C version does with its usage line.
+            log.setup(verbosity=max(log.verbosity(), log.FATAL))
+            log.fatal(f"{e}; usage: {usage}")
+            code = EXIT_USAGE
+        except OptionError as e:
+            log.fatal(str(e))
+            code = EXIT_USAGE
+        else:
+            result = run(options)
+            code = result if isinstance(result, int) else EXIT_FAILURE
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else EXIT_FAILURE
+    except KeyboardInterrupt:
+        log.fatal("interrupted")
+        code = EXIT_FAILURE
+    except BaseException as e:  # noqa: BLE001 -- the last line of defence against tracebacks
+        try:
+            log.fatal(f"internal error ({type(e).__name__}: {e})")
+        except BaseException:   # noqa: BLE001 -- nothing is left to report it to
+            pass
+        code = EXIT_FAILURE
+    if argv is None:
+        # The console script, once per connection: skip the interpreter's teardown (module
+        # clean-up costs milliseconds and does nothing for a process that ends here).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError, AttributeError):
+                pass
+        os._exit(code)
+    sys.exit(code)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import child, jail, log
-from .optscan import OptionError, UsageError, split_options
+from .optscan import OptionError, UsageError, run_main, split_options
 from .tcp import (
     EXIT_FAILURE,
     Address,
@@ -35,7 +35,6 @@ from .tcp import (
     parse_port,
     parse_timeout,
     resolve,
-    run_main,
     verbosity_of,
     warm_up,
 )

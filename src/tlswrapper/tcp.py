@@ -19,18 +19,16 @@ import os
 import select
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
 from . import child, jail, log, proxyproto
-from .optscan import OptionError, UsageError, split_options
+from .optscan import (  # noqa: F401 (EXIT_USAGE, the errors: re-exported)
+    EXIT_FAILURE, EXIT_USAGE, OptionError, UsageError, run_main, split_options)
 
 EXIT_OK = 0
-EXIT_USAGE = 100
-EXIT_FAILURE = 111
 
 USAGE = "tlswrapper-tcp [options] host port"
 DEFAULT_TIMEOUT = 3600          # -t: network timeout
@@ -101,38 +99,6 @@ def parse_jail_dir(value: str) -> str:
     if not value:
         raise OptionError("jaildir must not be empty")
     return value
-
-
-def run_main(name: str, usage: str, parse: Callable[[list[str]], object],
-             run: Callable[[object], int], argv: Sequence[str] | None) -> NoReturn:
-    """The companions' entry point: parse, run, map every outcome to an exit code."""
-    code = EXIT_FAILURE
-    try:
-        log.setup(name=name, verbosity=log.DEFAULT)
-        args = list(sys.argv[1:] if argv is None else argv)
-        try:
-            options = parse(args)
-        except UsageError as e:
-            log.setup(verbosity=max(log.verbosity(), log.FATAL))
-            log.fatal(f"{e}; usage: {usage}")
-            code = EXIT_USAGE
-        except OptionError as e:
-            log.fatal(str(e))
-            code = EXIT_USAGE
-        else:
-            code = run(options)
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else EXIT_FAILURE
-    except KeyboardInterrupt:
-        log.fatal("interrupted")
-        code = EXIT_FAILURE
-    except BaseException as e:  # noqa: BLE001 -- the last line of defence against tracebacks
-        try:
-            log.fatal(f"internal error ({type(e).__name__}: {e})")
-        except BaseException:   # noqa: BLE001, S110 -- nothing is left to report it to
-            pass
-        code = EXIT_FAILURE
-    sys.exit(code)
 
 
 def drop_privileges(account: jail.Account) -> None:
