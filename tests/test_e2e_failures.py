@@ -231,8 +231,27 @@ def test_key_not_matching_alert_and_log(pki, version):
             d.tls(pki.ca_pem, version)
         assert d.wait() == 111
         log = d.stderr()
-    assert f"fatal: TLS alert internal_error sent: {mismatched}: key does not match " \
-        "certificate" in log, log
+    assert f"fatal: TLS alert internal_error sent: no usable certificate ({mismatched}: key " \
+        "does not match certificate)" in log, log
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_key_not_matching_falls_back_to_the_next_file(pki, version):
+    """-f broken.pem -f rsa.pem: the key of the first file does not match its certificate
+    (found when it is parsed, right before the first signature); the next file serves, and
+    -v logs why the first was refused."""
+    mismatched = pki.write_mismatched()
+    argv = [our_command(), "-v", "-f", mismatched, "-f", pki.rsa_2048.path, "--", "/bin/cat"]
+    with e2e.Direct(argv) as d:
+        with d.tls(pki.ca_pem, version) as s:
+            assert s.getpeercert(binary_form=True) == pki.rsa_2048.der
+            s.sendall(b"ping\n")
+            assert s.recv(5) == b"ping\n"
+            s.unwrap()           # close_notify: prog's stdin ends, cat exits 0
+        assert d.wait() == 0
+        log = d.stderr()
+    assert f"warning: certificate file refused: {mismatched}: key does not match certificate" \
+        in log, log
 
 
 def test_pem_missing_in_certdir_alert(pki):

@@ -20,8 +20,8 @@ from . import certfiles, child, jail, log, proxyproto, sslenv
 from .keyclient import KeyProcessDied, start_key_process
 from .sslenv import ClientIdentity
 from .tls import suites
-from .tls.events import (AlertReceived, ApplicationData, ClientHelloReceived, ConnectionFailed,
-                         HandshakeComplete, PeerClosed)
+from .tls.events import (AlertReceived, ApplicationData, CertificateRefused,
+                         ClientHelloReceived, ConnectionFailed, HandshakeComplete, PeerClosed)
 from .tls.secrets import KeyServiceError
 from .tls.server import ServerConnection
 
@@ -117,6 +117,10 @@ class Relay:
             elif isinstance(event, AlertReceived):
                 name = suites.ALERT_NAMES.get(event.description, str(event.description))
                 log.debug(f"received alert {name}")
+            elif isinstance(event, CertificateRefused):
+                # A broken file (e.g. its key does not match its certificate): the engine
+                # goes on with the next fitting one; the reason names the file.
+                log.warning(f"certificate file refused: {event.reason}")
             elif isinstance(event, ConnectionFailed):
                 self._failed(event)
 

@@ -51,6 +51,16 @@ class AlertReceived:
 
 
 @dataclass(frozen=True)
+class CertificateRefused:
+    """The key side could not use candidate `index` (of the list given to choose_certificate)
+    when its private key was parsed, e.g. the key does not match the certificate. The engine
+    went on with the next fitting candidate; `reason` is for the log."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class ConnectionFailed:
     """A fatal error. `alert` is the alert sent to the client (already queued in the
     outgoing bytes), or None when the client sent a fatal alert or vanished. `reason` is
@@ -61,4 +71,4 @@ class ConnectionFailed:
 
 
 Event = (ClientHelloReceived | HandshakeComplete | ApplicationData | PeerClosed
-         | AlertReceived | ConnectionFailed)
+         | AlertReceived | CertificateRefused | ConnectionFailed)

@@ -25,8 +25,8 @@ from typing import Callable, Sequence
 from . import messages as m
 from . import suites
 from .config import ServerConfig
-from .events import (AlertReceived, ApplicationData, ClientHelloReceived, ConnectionFailed,
-                     Event, HandshakeComplete, PeerClosed)
+from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientHelloReceived,
+                     ConnectionFailed, Event, HandshakeComplete, PeerClosed)
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
 from .secrets import (READ, SENDER_CLIENT, SENDER_SERVER, WRITE, Candidate, KeyService,
@@ -137,6 +137,7 @@ class ServerConnection:
         self._secure_renegotiation = False
         self._point_formats: bytes | None = None
         self._candidate: Candidate | None = None
+        self._refused: list[str] = []   # why the key side refused candidates at select()
         self._client_chain: tuple[bytes, ...] = ()   # -a: the verified client chain
         self._client_identity: object | None = None
         self.peer_closed = False
@@ -588,6 +589,24 @@ class ServerConnection:
                          "no usable certificate" + (f" ({reasons})" if reasons else ""))
         return usable
 
+    def _select(self, index: int) -> bool:
+        """Ask the key side for candidate `index`'s private key. It is parsed only now (never
+        before the first signature), so this is where a key that does not match its
+        certificate shows: that candidate is reported and the next fitting one is tried."""
+        try:
+            self.keys.select(index)
+        except KeyServiceError as e:
+            self._refused.append(e.reason)
+            self._events.append(CertificateRefused(index, e.reason))
+            return False
+        return True
+
+    def _no_certificate(self, reason: str) -> None:
+        if self._refused:
+            raise _Abort(suites.INTERNAL_ERROR,
+                         "no usable certificate (" + "; ".join(self._refused) + ")")
+        raise _Abort(suites.HANDSHAKE_FAILURE, reason)
+
     def _choose_13(self, candidates: Sequence[Candidate | Unusable]) -> None:
         hello = self.client_hello
         suite = self._pick_suite(hello.cipher_suites, self.config.suite_codes(suites.TLS13))
@@ -597,12 +616,11 @@ class ServerConnection:
         for index, cand in self._usable_candidates(candidates):
             scheme = next((s for s in suites.SCHEMES_13.get(cand.key_type, ())
                            if s in self._schemes), None)
-            if scheme is not None:
+            if scheme is not None and self._select(index):
                 chosen = (index, cand, scheme)
                 break
         if chosen is None:
-            raise _Abort(suites.HANDSHAKE_FAILURE, "no certificate fits the client's "
-                         "signature algorithms")
+            self._no_certificate("no certificate fits the client's signature algorithms")
         index, cand, scheme = chosen
         enabled = self.config.group_codes
         shared = {g: s for g, s in self._shares}
@@ -610,7 +628,6 @@ class ServerConnection:
         self.suite = suites.SUITES[suite]
         self.scheme = scheme
         self._candidate = cand
-        self.keys.select(index)
         if group is None:
             group = next((g for g in enabled if g in self._groups), None)
             if group is None:
@@ -650,12 +667,11 @@ class ServerConnection:
             suite = self._pick_suite(hello.cipher_suites, usable)
             scheme = next((s for s in suites.SCHEMES_12.get(cand.key_type, ())
                            if s in schemes), None)
-            if suite is not None and scheme is not None:
+            if suite is not None and scheme is not None and self._select(index):
                 chosen = (index, cand, suite, scheme)
                 break
         if chosen is None:
-            raise _Abort(suites.HANDSHAKE_FAILURE, "no certificate and cipher suite fit the "
-                         "client's offer")
+            self._no_certificate("no certificate and cipher suite fit the client's offer")
         index, cand, suite, scheme = chosen
         if version < suites.TLS12:
             scheme = suites.LEGACY_RSA_MD5_SHA1 if cand.key_type == suites.KEY_RSA \
@@ -664,7 +680,6 @@ class ServerConnection:
         self.group = group
         self.scheme = scheme
         self._candidate = cand
-        self.keys.select(index)
         self._server_flight_12()
 
     # ------------------------------------------------------------------ TLS 1.3
