@@ -73,7 +73,7 @@ class Relay:
         self.client_in = client_in
         self.client_out = client_out
         # Made before the jail: wrapping the fd needs no new descriptor, but we do it while
-        # everything is still allowed. detach() at the end leaves fd 1 to the process exit.
+        # everything is still allowed. _finish() detaches it: fd 1 is closed by the exit.
         self.client_sock = socket.socket(fileno=client_out) if _is_socket(client_out) else None
         self.to_client = bytearray()
         self.to_prog = bytearray()
@@ -512,6 +512,10 @@ class Relay:
         return self._finish()
 
     def _finish(self) -> int:
+        if self.client_sock is not None:
+            # fd 1 stays open until the process exits; the wrapper must not close it.
+            self.client_sock.detach()
+            self.client_sock = None
         # Best effort: the alert or close_notify still queued goes out, without waiting long.
         if self.to_client and not self.client_gone and not self.out_shut:
             try:
