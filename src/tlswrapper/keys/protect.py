@@ -79,14 +79,20 @@ class RecordProtection:
         raise NotImplementedError
 
 
-def _split(record: bytes) -> tuple[int, int] | str:
-    """(content type, fragment length) of a whole record, or the reason it is malformed."""
+def _split(record: bytes, limit: int) -> tuple[int, int] | tuple[int, str]:
+    """(content type, fragment length) of a whole record, or (alert, reason) when it is
+    malformed (decode_error) or its fragment is over `limit` (record_overflow)."""
     if len(record) < 5:
-        return "record shorter than its header"
+        return suites.DECODE_ERROR, "record shorter than its header"
     length = (record[3] << 8) | record[4]
     if length != len(record) - 5:
-        return "record length does not match its header"
+        return suites.DECODE_ERROR, "record length does not match its header"
+    if length > limit:
+        return suites.RECORD_OVERFLOW, f"ciphertext longer than {_LIMIT_TEXT[limit]}"
     return record[0], length
+
+
+_LIMIT_TEXT = {suites.MAX_CIPHERTEXT_13: "2^14+256", suites.MAX_CIPHERTEXT_12: "2^14+2048"}
 
 
 class Aead13Protection(RecordProtection):
@@ -129,14 +135,11 @@ class Aead13Protection(RecordProtection):
         iv = self._iv
         plain = memoryview(self._plain)
         for record in records:
-            split = _split(record)
-            if isinstance(split, str):
-                return results, suites.DECODE_ERROR, split
-            outer_type, length = split
+            outer_type, length = _split(record, suites.MAX_CIPHERTEXT_13)
+            if isinstance(length, str):
+                return results, outer_type, length
             if outer_type != suites.APPLICATION_DATA:
                 return results, suites.UNEXPECTED_MESSAGE, "protected record not application_data"
-            if length > suites.MAX_CIPHERTEXT_13:
-                return results, suites.RECORD_OVERFLOW, "ciphertext longer than 2^14+256"
             if length < TAG_LEN + 1:
                 return results, suites.BAD_RECORD_MAC, "record shorter than its tag"
             if self.seq >= SEQ_LIMIT:
@@ -218,12 +221,9 @@ class Aead12Protection(RecordProtection):
         plain = memoryview(self._plain)
         explicit = self._explicit
         for record in records:
-            split = _split(record)
-            if isinstance(split, str):
-                return results, suites.DECODE_ERROR, split
-            content_type, length = split
-            if length > suites.MAX_CIPHERTEXT_12:
-                return results, suites.RECORD_OVERFLOW, "ciphertext longer than 2^14+2048"
+            content_type, length = _split(record, suites.MAX_CIPHERTEXT_12)
+            if isinstance(length, str):
+                return results, content_type, length
             n = length - explicit - TAG_LEN
             if n < 0:
                 return results, suites.BAD_RECORD_MAC, "record shorter than nonce and tag"
@@ -340,12 +340,9 @@ class CbcProtection(RecordProtection):
     def open(self, records: Sequence[bytes]) -> OpenResult:
         results: list[tuple[int, bytes]] = []
         for record in records:
-            split = _split(record)
-            if isinstance(split, str):
-                return results, suites.DECODE_ERROR, split
-            content_type, length = split
-            if length > suites.MAX_CIPHERTEXT_12:
-                return results, suites.RECORD_OVERFLOW, "ciphertext longer than 2^14+2048"
+            content_type, length = _split(record, suites.MAX_CIPHERTEXT_12)
+            if isinstance(length, str):
+                return results, content_type, length
             if self.seq >= SEQ_LIMIT:
                 return results, suites.INTERNAL_ERROR, "sequence number exhausted"
             fragment = memoryview(record)[5:]
