@@ -85,7 +85,6 @@ class Relay:
         self.started = False          # prog was told to run
         self.failed = False
         self.env: dict[str, str] = {}
-        self._registered: set[int] = set()
         # -p 1: the PROXY header comes first (the reader is dropped once it has been read).
         self.proxy = proxyproto.ProxyReader() \
             if getattr(options, "proxy_protocol", None) else None

@@ -48,10 +48,6 @@ class RecordReader:
             self._pos = 0
         self._buf += data
 
-    def pending(self) -> int:
-        """Bytes received but not yet returned as records."""
-        return len(self._buf) - self._pos
-
     def peek_type(self) -> int | None:
         """Content type of the next record, once its header is complete."""
         if len(self._buf) - self._pos < RECORD_HEADER:

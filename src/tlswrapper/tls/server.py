@@ -39,7 +39,6 @@ MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
 MAX_KEY_UPDATES = 32            # KeyUpdates in a row with no application data between them
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
-_CCS_RECORD = b"\x14\x03\x03\x00\x01\x01"
 # Client certificates (-a): the schemes we accept in the client's CertificateVerify, listed in
 # our CertificateRequest (no SHA-1; PKCS#1 v1.5 is not allowed in TLS 1.3 CertificateVerify).
 CLIENT_SCHEMES_13 = (suites.ECDSA_SECP256R1_SHA256, suites.ECDSA_SECP384R1_SHA384,
