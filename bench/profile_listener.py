@@ -55,7 +55,7 @@ def main() -> int:
             data = data[os.write(fd, data):]
         os.close(fd)
 
-    original_serve = listen.serve_connection
+    original_serve = listen.spare_main
     original_main = keyclient._key_process_main
 
     if args.key:
@@ -79,7 +79,7 @@ def main() -> int:
                     dump(profile, opened[0])
         keyclient._key_process_main = key_main
     else:
-        def serve(conn, close, opts):
+        def serve(sock, close, opts):
             fd = os.open(outdir / f"{os.getpid()}.prof", os.O_WRONLY | os.O_CREAT, 0o600)
             profile = cProfile.Profile(time.process_time)
             real_exit = os._exit
@@ -92,8 +92,8 @@ def main() -> int:
                 real_exit(code)
             os._exit = exit_with_dump
             profile.enable()
-            original_serve(conn, close, opts)
-        listen.serve_connection = serve
+            original_serve(sock, close, opts)
+        listen.spare_main = serve
 
     pid = os.fork()
     if pid == 0:

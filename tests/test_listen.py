@@ -2,7 +2,8 @@
 
 Each test starts the listener as a subprocess on a free port and drives it with Python's ssl
 client; the connection's processes are found through /proc (children of the listener: one
-network process per connection, whose children are its key process and prog).
+network process per connection, whose children are its key process and prog; and the spares,
+the same three processes started ahead of a connection, not jailed until they get one).
 """
 
 from __future__ import annotations
@@ -119,7 +120,19 @@ class Listener:
         self.proc.stderr.close()
 
     def network_processes(self) -> list[int]:
-        return children(self.proc.pid)
+        """The network processes serving a connection: the listener's children that have
+        jailed themselves (its spares, waiting for a connection, are not jailed yet)."""
+        return [pid for pid in children(self.proc.pid) if _jailed(pid)]
+
+    def spares(self) -> list[int]:
+        return [pid for pid in children(self.proc.pid) if not _jailed(pid)]
+
+
+def _jailed(pid: int) -> bool:
+    try:
+        return root_of(pid) == JAIL_DIR
+    except OSError:
+        return False
 
 
 def listen_args(pem: Path, port: int, *prog: str, listener: tuple[str, ...] = (),
@@ -318,3 +331,93 @@ def test_bind_failure_is_fatal(pki) -> None:
                               capture_output=True, timeout=30)
     assert proc.returncode == 111
     assert b"tlswrapper-listen: fatal: unable to bind" in proc.stderr
+
+
+# --------------------------------------------------------------------------- spares
+
+def _socket_inodes(pid: int) -> set[str]:
+    out = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out.add(target[8:-1])
+    return out
+
+
+def _tcp_inodes() -> set[str]:
+    out = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        out.update(line.split()[9] for line in lines if len(line.split()) > 9)
+    return out
+
+
+def test_spares_wait_unjailed_without_any_client_socket(pki) -> None:
+    """The spares hold a key process and prog's waiting child each, and nothing of a client
+    (no TCP socket at all) until the listener hands one its connection; then it jails."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
+        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        tcp = _tcp_inodes()
+        for pid in spares:
+            assert uid_of(pid) == 0 and root_of(pid) == "/"      # not jailed yet
+            assert not _socket_inodes(pid) & tcp, "a spare holds no TCP socket"
+            assert len(children(pid)) == 2       # its key process and prog's child
+        with tls_connect(port) as conn:
+            assert echo(conn) == b"hello\n"
+            (serving,) = srv.network_processes()
+            assert serving in spares, "the connection went to a spare started before it"
+            assert uid_of(serving) != 0
+            # The spare used is replaced.
+            wait_until(lambda: len(srv.spares()) == 2, what="the spare to be replaced")
+        wait_until(lambda: not srv.network_processes(), what="the connection to end")
+
+
+def test_spares_end_without_running_prog_on_sigterm(pki, tmp_path) -> None:
+    marker = tmp_path / "ran"
+    port = free_port()
+    prog = ("sh", "-c", f"echo ran >> {marker}; exec cat")
+    with Listener(listen_args(pki.ecdsa_p256.path, port, *prog), port) as srv:
+        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        family = spares + [k for pid in spares for k in children(pid)]
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(10) == 0
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() and _stat_fields(pid)
+                                   and _stat_fields(pid)[0] != b"Z" for pid in family),
+                   what="the spares and their processes to exit")
+        err = srv.proc.stderr.read()
+    assert not marker.exists(), "prog never ran for a spare"
+    assert b"Traceback" not in err and b"fatal" not in err
+
+
+def test_a_spare_that_dies_is_replaced(pki) -> None:
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, tls=("-v",)), port) as srv:
+        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        os.kill(spares[0], signal.SIGKILL)
+        wait_until(lambda: len(srv.spares()) == 2 and spares[0] not in srv.spares(),
+                   what="a new spare")
+        with tls_connect(port) as conn:
+            assert echo(conn) == b"hello\n"
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(10)
+        assert b"spare connection process exited" in srv.proc.stderr.read()
+
+
+def test_limit_one_keeps_at_most_one_spare(pki) -> None:
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, listener=("-c", "1")), port) as srv:
+        wait_until(lambda: len(srv.spares()) == 1, what="1 spare")
+        time.sleep(0.5)
+        assert len(srv.spares()) == 1
+        with tls_connect(port) as conn:
+            assert echo(conn) == b"hello\n"
+            time.sleep(0.5)
+            assert srv.spares() == [], "no spare while the limit is reached"
+        wait_until(lambda: len(srv.spares()) == 1, what="the spare after the connection")

@@ -17,7 +17,6 @@ child exits 111 without running prog, as the C version's child does when no hand
 from __future__ import annotations
 
 import fcntl
-import ipaddress
 import os
 import pwd
 import re
@@ -253,6 +252,10 @@ def _child(argv: tuple[str, ...], targets: dict[int, int], ctl: int, user: str |
     verb, account, env = msg
     if verb != "go":
         return EXIT_FAILURE
+    if env.get("TCPREMOTEIP"):
+        # The client's address as the network process knows it (a listener's spare started
+        # this child before its connection existed).
+        log.set_prefix(log.client_prefix(env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")))
     if account and not user_from_cert:
         log.fatal("go-ahead names an account but -U is not set, refused")
         return EXIT_FAILURE
@@ -356,6 +359,7 @@ def switch_account(name: str) -> None:
 
 def _plain_ip(host: str) -> str:
     """An address as tcpserver writes it: IPv4-mapped IPv6 shown as plain IPv4."""
+    import ipaddress   # only when the address comes from the socket (not under tcpserver)
     try:
         addr = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:

@@ -35,6 +35,10 @@ EXIT_FAILURE = cli.EXIT_FAILURE
 DEFAULT_LIMIT = 100          # tcpserver's -c default
 DEFAULT_BACKLOG = 128
 MAX_LIMIT = 100000
+# Connections' processes started ahead of time (each a network process with its key process
+# and prog's waiting child): a new connection is handed to one at once, and the forks are
+# paid between connections instead of within one.
+SPARES = 2
 USAGE = ("tlswrapper-listen [ -c limit ] [ -b backlog ] host port | - "
          "[tlswrapper options] prog [args...]")
 SD_LISTEN_FDS_START = 3      # sd_listen_fds(3): the first passed descriptor
@@ -158,17 +162,44 @@ def _plain(ip: str) -> str:
 
 
 def connection_environment(conn: socket.socket) -> dict[str, str]:
-    """What tcpserver -HRDl0 sets for this connection."""
+    """The four addresses tcpserver -HRDl0 sets for this connection (PROTO and TCPLOCALHOST
+    are the same for every connection: the listener puts them in its own environment)."""
     local = conn.getsockname()
     remote = conn.getpeername()
-    return {"PROTO": "TCP", "TCPLOCALIP": _plain(local[0]), "TCPLOCALPORT": str(local[1]),
-            "TCPLOCALHOST": "0", "TCPREMOTEIP": _plain(remote[0]),
-            "TCPREMOTEPORT": str(remote[1])}
+    return {"TCPLOCALIP": _plain(local[0]), "TCPLOCALPORT": str(local[1]),
+            "TCPREMOTEIP": _plain(remote[0]), "TCPREMOTEPORT": str(remote[1])}
 
 
-def serve_connection(conn: socket.socket, close: Sequence[int], options: cli.Options) -> NoReturn:
-    """In the forked child: become `tlswrapper` under tcpserver for `conn`, then exit with its
-    status. Never returns into the listener's loop."""
+def tcpserver_environment(environ=os.environ) -> None:
+    """What tcpserver -HRDl0 sets alike for every connection: PROTO, TCPLOCALHOST=0 (-l0),
+    no TCPREMOTEHOST (-H) and no TCPREMOTEINFO (-R); stale addresses removed."""
+    for name in _UNSET + ("TCPLOCALIP", "TCPLOCALPORT", "TCPREMOTEIP", "TCPREMOTEPORT"):
+        environ.pop(name, None)
+    environ["PROTO"] = "TCP"
+    environ["TCPLOCALHOST"] = "0"
+
+
+def _receive_connection(sock: socket.socket) -> int | None:
+    """The client socket the listener passes (one descriptor, SCM_RIGHTS), or None when the
+    listener closed our socket instead (it stops) or sent something else."""
+    while True:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 1, 1)
+        except InterruptedError:
+            continue
+        except OSError:
+            return None
+        if msg == b"c" and len(fds) == 1:
+            return fds[0]
+        for fd in fds:
+            os.close(fd)
+        return None
+
+
+def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options) -> NoReturn:
+    """In a forked spare: start the connection's key process and prog ahead of time, wait for
+    the listener to pass the client socket, then become `tlswrapper` under tcpserver for it
+    (jail, handshake, relay) and exit with its status. Never returns into the listener."""
     code = EXIT_FAILURE
     try:
         signal.set_wakeup_fd(-1)
@@ -176,20 +207,35 @@ def serve_connection(conn: socket.socket, close: Sequence[int], options: cli.Opt
             signal.signal(sig, signal.SIG_DFL)
         for fd in close:
             os.close(fd)
+        log.setup("tlswrapper", options.verbosity)
+        from . import relay
+        prepared = None
+        error = None
+        try:
+            prepared = relay.prepare(options)
+        except relay.StartError as e:
+            error = str(e)        # reported with the connection it fails, as under tcpserver
+        fd = _receive_connection(sock)
+        sock.close()
+        if fd is None:
+            if prepared is not None:
+                prepared.abandon()
+            os._exit(0)
+        conn = socket.socket(fileno=fd)
         try:
             env = connection_environment(conn)
         except OSError:
-            env = {}       # the client is gone already; relay.run ends it quickly
-        fd = conn.detach()
+            env = {}       # the client is gone already; the relay ends it quickly
+        conn.detach()
         os.dup2(fd, 0)
         os.dup2(fd, 1)
         if fd > 1:
             os.close(fd)
-        for name in _UNSET:
-            os.environ.pop(name, None)
-        os.environ.update(env)
-        from .relay import run
-        code = run(options)
+        log.set_prefix(log.client_prefix(env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")))
+        if prepared is None:
+            log.fatal(error or "unable to start")
+        else:
+            code = prepared.serve(env)
     except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the loop
         try:
             log.fatal(f"internal error ({type(e).__name__}: {e})")
@@ -205,12 +251,25 @@ def serve_connection(conn: socket.socket, close: Sequence[int], options: cli.Opt
 
 # --------------------------------------------------------------------------- the loop
 
+class Spare:
+    """A forked process waiting for its connection, with its key process and prog started."""
+    __slots__ = ("pid", "sock")
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class Listener:
-    def __init__(self, sock: socket.socket, options: cli.Options, limit: int) -> None:
+    def __init__(self, sock: socket.socket, options: cli.Options, limit: int,
+                 spares: int = SPARES) -> None:
         self.sock = sock
         self.options = options
         self.limit = limit
-        self.children: set[int] = set()
+        self.children: set[int] = set()     # serving a connection
+        self.spares: list[Spare] = []       # waiting for one, oldest first
+        self.spare_target = min(spares, limit)
+        self.respawn_after = 0.0
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -219,7 +278,7 @@ class Listener:
             self.stopping = True
 
     def _reap(self) -> None:
-        while self.children:
+        while self.children or self.spares:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -227,7 +286,18 @@ class Listener:
                 return
             if pid == 0:
                 return
-            self.children.discard(pid)
+            if pid in self.children:
+                self.children.discard(pid)
+                continue
+            for spare in self.spares:
+                if spare.pid == pid:
+                    # Not expected (a spare waits for its connection even when it could not
+                    # start): slow down, so that a failing start is not a fork storm.
+                    log.warning("a spare connection process exited before its connection")
+                    self.spares.remove(spare)
+                    spare.sock.close()
+                    self.respawn_after = time.monotonic() + 1.0
+                    break
 
     def _drain_wakeups(self) -> None:
         try:
@@ -235,6 +305,32 @@ class Listener:
                 pass
         except BlockingIOError:
             pass
+
+    def _spawn(self) -> Spare | None:
+        """Fork a spare (see spare_main); None if that fails now."""
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as e:
+            log.warning(f"unable to create a socket pair ({log.oserror_text(e)})")
+            return None
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (AttributeError, OSError, ValueError):
+                pass
+        try:
+            pid = os.fork()
+        except OSError as e:
+            log.warning(f"unable to fork ({log.oserror_text(e)})")
+            ours.close()
+            theirs.close()
+            return None
+        if pid == 0:
+            close = [self.sock.fileno(), self._wake_r, self._wake_w, ours.fileno()]
+            close += [spare.sock.fileno() for spare in self.spares]
+            spare_main(theirs, close, self.options)
+        theirs.close()
+        return Spare(pid, ours)
 
     def _accept(self) -> None:
         try:
@@ -249,17 +345,24 @@ class Listener:
                 time.sleep(0.1)
             return          # ECONNABORTED and the like: the client gave up, go on
         try:
-            pid = os.fork()
-        except OSError as e:
-            log.warning(f"unable to fork ({log.oserror_text(e)})")
+            for _ in range(3):
+                spare = self.spares.pop(0) if self.spares else self._spawn()
+                if spare is None:
+                    time.sleep(0.1)
+                    return
+                try:
+                    socket.send_fds(spare.sock, [b"c"], [conn.fileno()])
+                except OSError:
+                    spare.sock.close()     # it died; _reap collects it
+                    continue
+                spare.sock.close()
+                self.children.add(spare.pid)
+                return
+        finally:
             conn.close()
-            time.sleep(0.1)
-            return
-        if pid == 0:
-            serve_connection(conn, (self.sock.fileno(), self._wake_r, self._wake_w),
-                             self.options)
-        conn.close()
-        self.children.add(pid)
+
+    def _wants_spare(self) -> bool:
+        return len(self.spares) < min(self.spare_target, self.limit - len(self.children))
 
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
@@ -273,20 +376,35 @@ class Listener:
             readers = [self._wake_r]
             if len(self.children) < self.limit:
                 readers.append(listening)
+            # A connection waiting is served first; spares are started when nothing waits.
+            timeout = None
+            if self._wants_spare():
+                timeout = max(0.0, self.respawn_after - time.monotonic())
             try:
-                ready, _, _ = select.select(readers, [], [])
+                ready, _, _ = select.select(readers, [], [], timeout)
             except InterruptedError:
                 continue
             if self._wake_r in ready:
                 self._drain_wakeups()
             if listening in ready and not self.stopping:
                 self._accept()
+            elif not ready and not self.stopping and self._wants_spare():
+                spare = self._spawn()
+                if spare is None:
+                    self.respawn_after = time.monotonic() + 0.1
+                else:
+                    self.spares.append(spare)
         # Stop accepting: with our own socket new connections are refused from now on; a
         # socket from systemd stays open in systemd, which queues them for the next start.
         self.sock.close()
         log.info(f"stopping: waiting for {len(self.children)} connection(s) to finish")
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # Spares see end of file and exit without running prog.
+        for spare in self.spares:
+            spare.sock.close()
+            self.children.add(spare.pid)
+        self.spares.clear()
         while self.children:
             try:
                 pid, _ = os.waitpid(-1, 0)
@@ -382,6 +500,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         log.info(f"listening on {address[0]} port {address[1]}, limit {settings['limit']}")
         # Everything imported so far lives as long as the listener: keep the collector off
         # it, so that a child's collections do not write to (and un-share) those pages.
+        tcpserver_environment()
         gc.collect()
         gc.freeze()
         code = Listener(sock, options, settings["limit"]).run()

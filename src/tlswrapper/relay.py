@@ -536,6 +536,98 @@ class Relay:
         return EXIT_FATAL if status is None else status
 
 
+class StartError(Exception):
+    """The connection's processes could not be started; one fatal line for the log."""
+
+
+class Prepared:
+    """A connection's processes started before its client is known: the key process (not yet
+    jailed: it reads the certificate files after the SNI), prog waiting for the go-ahead, the
+    engine. The built-in listener prepares these in a spare process ahead of time."""
+
+    def __init__(self, options) -> None:
+        self.options = options
+        config = options.server_config()
+        jail.prepare()
+        self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
+        self.jail_dir = options.jail_dir
+        account, jail_dir = self.account, self.jail_dir
+
+        def jail_key_process() -> None:
+            jail.jail(account, jail_dir)
+
+        try:
+            self.keys, _key_pid = start_key_process(jail_key_process)
+        except OSError as e:
+            raise StartError(f"unable to start: {e}") from None
+        self.anchor_pem = None
+        self.prog: child.Prog | None = None
+        try:
+            if options.anchor is not None:
+                # -a: the key process reads the file while privileged (before it jails); we
+                # parse it after our own jail, as the C version does. clientcert
+                # (cryptography's X.509) is imported now: nothing can be loaded in the jail.
+                from . import clientcert  # noqa: F401
+                self.anchor_pem = self.keys.read_anchor(options.anchor_path)
+            self.prog = child.start_prog(options.prog, user=options.user,
+                                         user_from_cert=options.user_from_cert is not None,
+                                         delayed_encryption=options.delayed_encryption)
+        except (OSError, child.ChildError) as e:
+            self.keys.close()
+            raise StartError(f"unable to start: {e}") from None
+        except (KeyServiceError, KeyProcessDied) as e:
+            self.keys.close()
+            raise StartError(str(e)) from None
+        self.config = config
+        self.conn = ServerConnection(config, self.keys)
+
+    def abandon(self) -> None:
+        """No client came (the listener stopped): prog's child exits without running prog,
+        the key process sees EOF and exits."""
+        if self.prog is not None:
+            self.prog.abort()
+            self.prog.close()
+        self.keys.close()
+
+    def serve(self, addresses: dict[str, str]) -> int:
+        """Jail, then serve the client on fd 0/1; returns the exit status (prog's, or 111).
+        `addresses` are the TCP* variables for prog."""
+        options, prog = self.options, self.prog
+        relay = Relay(self.conn, self.keys, prog, options)
+        relay.env = addresses
+        try:
+            jail.jail(self.account, self.jail_dir)
+        except jail.JailError as e:
+            log.fatal(f"unable to create jail: {e}")
+            prog.abort()
+            return EXIT_FATAL
+        if self.anchor_pem is not None:
+            from . import clientcert
+            try:
+                verifier = clientcert.ClientCertificates.from_pem(self.anchor_pem)
+            except clientcert.AnchorError as e:
+                log.fatal(f"unable to parse anchor PEM file '{options.anchor_path}' ({e})")
+                prog.abort()
+                return EXIT_FATAL
+            relay.conn = ServerConnection(verifier.server_config(self.config), self.keys)
+        try:
+            return relay.run()
+        except KeyProcessDied as e:
+            log.fatal(f"key process: {e}")
+            prog.abort()
+            return EXIT_FATAL
+
+
+def prepare(options) -> Prepared:
+    """Start a connection's key process and prog (see Prepared). Raises StartError."""
+    try:
+        return Prepared(options)
+    except (OSError, jail.JailError) as e:
+        raise StartError(f"unable to start: {e}") from None
+    except (KeyServiceError, KeyProcessDied) as e:
+        raise StartError(str(e)) from None
+
+
 def run(options) -> int:
     """Serve one connection on fd 0/1; returns the exit status (prog's, or 111)."""
     log.setup("tlswrapper", options.verbosity)
@@ -543,50 +635,8 @@ def run(options) -> int:
     log.set_prefix(log.client_prefix(addresses.get("TCPREMOTEIP"),
                                      addresses.get("TCPREMOTEPORT")))
     try:
-        config = options.server_config()
-        jail.prepare()
-        account = jail.lookup_account(options.jail_user) if options.jail_user else None
-        jail_dir = options.jail_dir
-
-        def jail_key_process() -> None:
-            jail.jail(account, jail_dir)
-
-        keys, _key_pid = start_key_process(jail_key_process)
-        anchor_pem = None
-        if options.anchor is not None:
-            # -a: the key process reads the file while privileged (before it jails); we parse
-            # it after our own jail, as the C version does. clientcert (cryptography's X.509)
-            # is imported now: nothing can be loaded in the jail.
-            from . import clientcert
-            anchor_pem = keys.read_anchor(options.anchor_path)
-        prog = child.start_prog(options.prog, user=options.user,
-                                user_from_cert=options.user_from_cert is not None,
-                                delayed_encryption=options.delayed_encryption)
-    except (OSError, jail.JailError, child.ChildError) as e:
-        log.fatal(f"unable to start: {e}")
-        return EXIT_FATAL
-    except (KeyServiceError, KeyProcessDied) as e:
+        prepared = prepare(options)
+    except StartError as e:
         log.fatal(str(e))
         return EXIT_FATAL
-    relay = Relay(ServerConnection(config, keys), keys, prog, options)
-    relay.env = addresses
-    try:
-        jail.jail(account, jail_dir)
-    except jail.JailError as e:
-        log.fatal(f"unable to create jail: {e}")
-        prog.abort()
-        return EXIT_FATAL
-    if anchor_pem is not None:
-        try:
-            verifier = clientcert.ClientCertificates.from_pem(anchor_pem)
-        except clientcert.AnchorError as e:
-            log.fatal(f"unable to parse anchor PEM file '{options.anchor_path}' ({e})")
-            prog.abort()
-            return EXIT_FATAL
-        relay.conn = ServerConnection(verifier.server_config(config), keys)
-    try:
-        return relay.run()
-    except KeyProcessDied as e:
-        log.fatal(f"key process: {e}")
-        prog.abort()
-        return EXIT_FATAL
+    return prepared.serve(addresses)
