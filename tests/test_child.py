@@ -296,3 +296,62 @@ sys.exit(prog.wait())
 """
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
     assert (res.returncode, res.stdout) == (0, b"ran:192.0.2.7\n"), res.stderr
+
+
+# --------------------------------------------------------------------------- the shell waiter
+
+def test_without_an_account_the_waiting_child_is_the_shell_waiter() -> None:
+    prog = start_prog(["cat"])
+    assert prog.waiter
+    deadline = time.monotonic() + 10
+    while True:
+        with open(f"/proc/{prog.pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+        if cmdline != [b""] or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    assert cmdline[:2] == [b"sh", b"-c"] and cmdline[-2].endswith(b"/cat")
+    prog.go({"TCPREMOTEIP": "192.0.2.1"})
+    assert finish(prog, b"data\n") == (b"data\n", 0)
+    if os.geteuid() == 0:
+        other = start_prog(["true"], user="nobody")    # an account: the forked child
+        assert not other.waiter
+        other.abort()
+        assert finish(other)[1] == 111
+
+
+@pytest.mark.parametrize("raw", [
+    b"LD_PRELOAD=/tmp/evil.so\ngo\n",
+    b"PATH=/tmp\ngo\n",
+    b"TCPREMOTEIP\ngo\n",                      # no '='
+    b"x; touch /tmp/pwned\ngo\n",
+    b"TCPREMOTEIP=1.2.3.4\ngo",               # no newline after go: incomplete
+    b"TCPREMOTEIP=1.2.3.4\n",                 # end of file before go
+    b"abort\n",
+])
+def test_shell_waiter_refuses_anything_but_allowed_names(raw: bytes, tmp_path) -> None:
+    """A compromised network process writes whatever it likes on the control pipe."""
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    assert prog.waiter
+    os.write(prog.control, raw)
+    os.close(prog.control)
+    prog.control = None
+    assert finish(prog)[1] == 111 and not marker.exists()
+
+
+def test_shell_waiter_values_are_not_evaluated(tmp_path) -> None:
+    marker = tmp_path / "ran"
+    value = f"$(touch {marker}) `touch {marker}` * ; \\ \" ' $HOME"
+    prog = start_prog(["printenv", "SSL_CLIENT_S_DN"])
+    prog.go({"SSL_CLIENT_S_DN": value})
+    out, code = finish(prog)
+    assert (out, code) == (value.encode() + b"\n", 0) and not marker.exists()
+
+
+def test_shell_waiter_refuses_a_value_with_a_newline(tmp_path, capfd) -> None:
+    marker = tmp_path / "ran"
+    prog = start_prog(sh(f"touch {marker}"))
+    prog.go({"SSL_CLIENT_S_DN": "CN=x\nLD_PRELOAD=/tmp/evil.so"})
+    assert finish(prog)[1] == 111 and not marker.exists()
+    assert "refused" in capfd.readouterr().err

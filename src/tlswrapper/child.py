@@ -12,6 +12,19 @@ after jailing itself (no new file, no new process). Message, network -> child:
 
 End of file before a complete message (the network process died) means abort. On abort the
 child exits 111 without running prog, as the C version's child does when no handshake happens.
+
+Without -u and -U (no account to switch to) the waiting child is not a fork of this Python
+process but /bin/sh running WAITER, spawned with posix_spawn (vfork: no copy of our address
+space, which costs about 2 ms of CPU per connection to copy, fault in and tear down at exec,
+and 2 ms of latency between the go-ahead and prog's first byte). Its go-ahead is text lines,
+network -> waiter:
+
+    NAME=value\n ... go\n        (names from ALLOWED_ENV; values printable, see sslenv)
+    abort\n                       (or end of file)
+
+The shell checks each name against the same allow-list (any other line: exit 111, prog not
+run) and exports the line as one word, never evaluated. prog's path is resolved here first, so
+that a missing prog is reported as before (the forked child is used for it).
 """
 
 from __future__ import annotations
@@ -50,6 +63,18 @@ _ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,255}")
 CONTROL_FD = 5
 ACK_FD = 6
 
+# The shell waiter (see the module docstring): reads the go-ahead on fd 3, then execs prog
+# ("$@", resolved to a path already) with fd 3 closed. /bin/sh is POSIX sh (dash on Debian).
+WAITER_SHELL = "/bin/sh"
+WAITER_FD = 3
+WAITER = (
+    'while IFS= read -r line <&3; do case $line in '
+    'go) exec "$@" 3<&-;; '
+    'abort) exit 111;; '
+    + "|".join(f"{name}=*" for name in sorted(ALLOWED_ENV)) + ') export "$line";; '
+    '*) echo "tlswrapper: fatal: go-ahead refused" >&2; exit 111;; '
+    'esac; done; exit 111')
+
 
 class ChildError(Exception):
     """prog could not be started or switched; one line for the log."""
@@ -73,6 +98,7 @@ class Prog:
     control_in: int | None = None   # -n: read the zero byte prog writes on its fd 5
     ack_out: int | None = None      # -n: write the zero byte prog reads on its fd 6
     status: int | None = field(default=None)   # exit code once reaped
+    waiter: bool = False            # the child is the shell WAITER (text go-ahead, no account)
 
     def parent_fds(self) -> tuple[int, ...]:
         """Every fd of ours tied to prog. Any other process forked from here (the key
@@ -91,6 +117,16 @@ class Prog:
     def _send(self, verb: bytes, env: Mapping[str, str], account: str | None) -> None:
         if self.control is None:
             raise ChildError("go-ahead already sent")
+        if self.waiter:
+            data = self._waiter_message(verb, env, account)
+            fd, self.control = self.control, None
+            try:
+                _write_all(fd, data)
+            except OSError as e:
+                log.debug(f"unable to send the go-ahead to prog ({log.oserror_text(e)})")
+            finally:
+                os.close(fd)
+            return
         fields = [verb, (account or "").encode()]
         fields += [f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in env.items()]
         payload = b"\0".join(fields)
@@ -107,6 +143,25 @@ class Prog:
             log.debug(f"unable to send the go-ahead to prog ({log.oserror_text(e)})")
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _waiter_message(verb: bytes, env: Mapping[str, str], account: str | None) -> bytes:
+        """The shell waiter's go-ahead; an abort for anything it must not be sent."""
+        if verb != b"go":
+            return b"abort\n"
+        if account:
+            log.fatal("go-ahead names an account but -U is not set, refused")
+            return b"abort\n"
+        lines = []
+        for name, value in env.items():
+            line = f"{name}={value}".encode("utf-8", "surrogateescape")
+            if name not in ALLOWED_ENV or b"\n" in line or b"\0" in line \
+                    or len(value) > MAX_VALUE:
+                log.fatal(f"environment variable '{log.escape(name)}' refused")
+                return b"abort\n"
+            lines.append(line + b"\n")
+        data = b"".join(lines) + b"go\n"
+        return data if len(data) <= MAX_MESSAGE else b"abort\n"
 
     def poll(self) -> int | None:
         """prog's exit code if it has ended (reaping it), else None. Never blocks."""
@@ -181,6 +236,10 @@ def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: 
     account, which wins over -u). With `delayed_encryption` (-n) prog also gets fd 5 and 6."""
     if not argv:
         raise ChildError("no prog to run")
+    if user is None and not user_from_cert:
+        path = _resolve(argv[0])
+        if path is not None:
+            return _spawn_waiter(path, tuple(argv), delayed_encryption)
     pipes: list[int] = []
     try:
         in_r, in_w = os.pipe()
@@ -216,6 +275,89 @@ def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: 
             os.close(fd)
     return Prog(pid, tuple(argv), in_w, out_r, ctl_w,
                 c5_r if delayed_encryption else None, c6_w if delayed_encryption else None)
+
+
+def _resolve(name: str) -> str | None:
+    """prog's path as execvp would find it (PATH, else the default path); None if there is
+    no executable regular file of that name (the forked child then reports why)."""
+    if "/" in name:
+        candidates = [name]
+    else:
+        path = os.environ.get("PATH") or os.defpath
+        candidates = [os.path.join(d or ".", name) for d in path.split(os.pathsep)]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool) -> Prog:
+    """prog's waiting child as the shell WAITER, spawned without copying this process."""
+    pipes: list[int] = []
+    try:
+        in_r, in_w = os.pipe()
+        pipes += (in_r, in_w)
+        out_r, out_w = os.pipe()
+        pipes += (out_r, out_w)
+        ctl_r, ctl_w = os.pipe()
+        pipes += (ctl_r, ctl_w)
+        targets = {0: in_r, 1: out_w, WAITER_FD: ctl_r}
+        c5_r = c6_w = -1
+        if delayed_encryption:
+            c5_r, c5_w = os.pipe()
+            pipes += (c5_r, c5_w)
+            c6_r, c6_w = os.pipe()
+            pipes += (c6_r, c6_w)
+            targets.update({CONTROL_FD: c5_w, ACK_FD: c6_r})
+        # Sources above every target (close-on-exec), so that no dup2 overwrites a source that
+        # is itself one of the targets' numbers; dup2 clears close-on-exec on the targets.
+        high = {t: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10) for t, src in targets.items()}
+        pipes += high.values()
+        actions = [(os.POSIX_SPAWN_DUP2, src, t) for t, src in high.items()]
+        # Only 0, 1, 2 (and 5, 6) reach prog: anything else inheritable is closed.
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()
+                    if fd > 2 and fd not in targets]
+        pid = os.posix_spawn(
+            WAITER_SHELL, ["sh", "-c", WAITER, "sh", path, *argv[1:]], os.environ,
+            file_actions=actions,
+            # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
+            # exec: give prog the default behaviour it expects (`cat` dying on a closed pipe).
+            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD), setsigmask=())
+    except OSError as e:
+        for fd in pipes:
+            os.close(fd)
+        raise ChildError(f"unable to start prog ({log.oserror_text(e)})") from None
+    for fd in pipes:
+        if fd not in (in_w, out_r, ctl_w, c5_r, c6_w):
+            os.close(fd)
+    return Prog(pid, argv, in_w, out_r, ctl_w,
+                c5_r if delayed_encryption else None, c6_w if delayed_encryption else None,
+                waiter=True)
+
+
+def _inheritable_fds() -> list[int]:
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        fd = int(name)
+        try:
+            if os.get_inheritable(fd):
+                out.append(fd)
+        except OSError:
+            pass       # the directory's own fd, closed already
+    return out
 
 
 def _child(argv: tuple[str, ...], targets: dict[int, int], ctl: int, user: str | None,
