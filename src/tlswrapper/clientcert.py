@@ -9,7 +9,6 @@ Everything used later is imported here, at module import: after the jail nothing
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 from collections.abc import Callable, Sequence
@@ -209,8 +208,8 @@ class ClientCertificates:
 
     def server_config(self, config: ServerConfig) -> ServerConfig:
         """`config` asking for client certificates with this verifier and our anchors' names."""
-        return dataclasses.replace(config, request_client_certificate=True,
-                                   client_ca_names=self.names, client_verifier=self)
+        return config.replace(request_client_certificate=True,  # type: ignore[return-value]
+                              client_ca_names=self.names, client_verifier=self)
 
     # --- tls.config.ClientCertificateVerifier ----------------------------------------------
     def verify_chain(self, chain: Sequence[bytes]) -> tuple[int | None, str, object]:

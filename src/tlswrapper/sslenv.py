@@ -22,9 +22,8 @@ Formats (mod_ssl 2.4 with OpenSSL, which is what scripts written for Apache expe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .tls import suites
+from .tls.frozen import Frozen, init
 
 MAX_VALUE = 8192    # child.MAX_VALUE: the longest environment value the go-ahead may carry
 
@@ -52,12 +51,13 @@ if set(OPENSSL_CIPHER_NAMES) != set(suites.SUITES):
     raise ImportError("sslenv: OPENSSL_CIPHER_NAMES does not cover suites.SUITES")
 
 
-@dataclass(frozen=True)
-class ClientIdentity:
+class ClientIdentity(Frozen):
     """A verified client certificate, already formatted for prog (see the module comment).
     `common_name` and `email` are the raw values (None when the subject has none); -U takes
     the account name from them."""
 
+    __slots__ = ("subject_dn", "issuer_dn", "serial", "not_before", "not_after", "common_name",
+                 "email")
     subject_dn: str
     issuer_dn: str
     serial: str
@@ -65,6 +65,16 @@ class ClientIdentity:
     not_after: str
     common_name: str | None
     email: str | None
+
+    def __init__(self, subject_dn: str, issuer_dn: str, serial: str, not_before: str,
+                 not_after: str, common_name: str | None, email: str | None) -> None:
+        init(self, "subject_dn", subject_dn)
+        init(self, "issuer_dn", issuer_dn)
+        init(self, "serial", serial)
+        init(self, "not_before", not_before)
+        init(self, "not_after", not_after)
+        init(self, "common_name", common_name)
+        init(self, "email", email)
 
 
 def escape_value(value: str) -> str:

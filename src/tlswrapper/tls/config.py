@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Protocol, Sequence
-
 from . import suites
+from .frozen import Frozen, init
+
+# typing is not imported at run time (it costs each tcpserver-mode connection several ms):
+# for the type checker ClientCertificateVerifier is a Protocol, at run time a plain class.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Protocol
+else:
+    Protocol = object
 
 
 class ConfigError(ValueError):
@@ -28,19 +35,40 @@ class ClientCertificateVerifier(Protocol):
         (None: the TLS 1.0/1.1 form, whose algorithm follows from the key type)."""
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    version_min: int = suites.TLS12
-    version_max: int = suites.TLS13
-    ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS      # -c names, preference order
-    groups: tuple[str, ...] = suites.DEFAULT_GROUPS        # -e names, preference order
-    server_preference: bool = True                         # -s (True) / -S (False)
-    # Client certificates (-a): DER subjects of the anchors for certificate_authorities.
-    request_client_certificate: bool = False
-    client_ca_names: tuple[bytes, ...] = field(default=())
-    client_verifier: ClientCertificateVerifier | None = field(default=None, compare=False)
+class ServerConfig(Frozen):
+    """Checked when made (ConfigError). Equality ignores client_verifier."""
 
-    def __post_init__(self) -> None:
+    __slots__ = ("version_min", "version_max", "ciphers", "groups", "server_preference",
+                 "request_client_certificate", "client_ca_names", "client_verifier")
+    _compare = ("version_min", "version_max", "ciphers", "groups", "server_preference",
+                "request_client_certificate", "client_ca_names")
+    version_min: int
+    version_max: int
+    ciphers: tuple[str, ...]            # -c names, preference order
+    groups: tuple[str, ...]             # -e names, preference order
+    server_preference: bool             # -s (True) / -S (False)
+    # Client certificates (-a): DER subjects of the anchors for certificate_authorities.
+    request_client_certificate: bool
+    client_ca_names: tuple[bytes, ...]
+    client_verifier: ClientCertificateVerifier | None
+
+    def __init__(self, version_min: int = suites.TLS12, version_max: int = suites.TLS13,
+                 ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS,
+                 groups: tuple[str, ...] = suites.DEFAULT_GROUPS,
+                 server_preference: bool = True, request_client_certificate: bool = False,
+                 client_ca_names: tuple[bytes, ...] = (),
+                 client_verifier: ClientCertificateVerifier | None = None) -> None:
+        init(self, "version_min", version_min)
+        init(self, "version_max", version_max)
+        init(self, "ciphers", ciphers)
+        init(self, "groups", groups)
+        init(self, "server_preference", server_preference)
+        init(self, "request_client_certificate", request_client_certificate)
+        init(self, "client_ca_names", client_ca_names)
+        init(self, "client_verifier", client_verifier)
+        self._check()
+
+    def _check(self) -> None:
         if self.version_min not in suites.VERSION_LABELS:
             raise ConfigError(f"unknown version {self.version_min:#x}")
         if self.version_max not in suites.VERSION_LABELS:

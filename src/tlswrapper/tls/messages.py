@@ -1,16 +1,23 @@
-"""Handshake messages and extensions: one frozen dataclass each, with a parse_x/build_x pair.
+"""Handshake messages and extensions: one immutable value class each (frozen.Frozen, the cheap
+stand-in for a frozen dataclass), with a parse_x/build_x pair.
 
 Rule: parsers are total (a value or a DecodeError carrying the RFC's alert); bodies exclude the
 4-byte handshake header; builders raise ValueError only for our own out-of-range values."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TypeVar
-
 from . import suites
+from .frozen import Frozen, init
 from .wire import DecodeError, Reader, Writer
+
+# Not `from typing import TYPE_CHECKING`: importing typing costs every connection's interpreter
+# several ms (tcpserver mode), and the names below serve the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    T = TypeVar("T")
 
 # Fixed sizes from RFC 8446 section 4.1.2 / RFC 5246 section 7.4.1.2.
 RANDOM_LENGTH = 32
@@ -56,10 +63,14 @@ def _write_u16_list(w: Writer, values: tuple[int, ...]) -> None:
         w.u16(v)
 
 
-@dataclass(frozen=True)
-class Extension:
+class Extension(Frozen):
+    __slots__ = ("type", "data")
     type: int
     data: bytes
+
+    def __init__(self, type: int, data: bytes) -> None:
+        init(self, "type", type)
+        init(self, "data", data)
 
 
 def find_extension(extensions: tuple[Extension, ...], ext_type: int) -> bytes | None:
@@ -108,14 +119,25 @@ def build_extensions(extensions: tuple[Extension, ...]) -> bytes:
 
 # --- ClientHello (RFC 8446 section 4.1.2, RFC 5246 section 7.4.1.2) -------------------------
 
-@dataclass(frozen=True)
-class ClientHello:
+class ClientHello(Frozen):
+    __slots__ = ("legacy_version", "random", "session_id", "cipher_suites", "compression_methods",
+                 "extensions")
     legacy_version: int
     random: bytes
     session_id: bytes
     cipher_suites: tuple[int, ...]
     compression_methods: bytes
     extensions: tuple[Extension, ...]
+
+    def __init__(self, legacy_version: int, random: bytes, session_id: bytes,
+                 cipher_suites: tuple[int, ...], compression_methods: bytes,
+                 extensions: tuple[Extension, ...]) -> None:
+        init(self, "legacy_version", legacy_version)
+        init(self, "random", random)
+        init(self, "session_id", session_id)
+        init(self, "cipher_suites", cipher_suites)
+        init(self, "compression_methods", compression_methods)
+        init(self, "extensions", extensions)
 
     def extension(self, ext_type: int) -> bytes | None:
         return find_extension(self.extensions, ext_type)
@@ -163,13 +185,21 @@ def build_client_hello(x: ClientHello) -> bytes:
 
 # --- ServerHello / HelloRetryRequest (RFC 8446 section 4.1.3, 4.1.4) ------------------------
 
-@dataclass(frozen=True)
-class ServerHello:
+class ServerHello(Frozen):
+    __slots__ = ("legacy_version", "random", "session_id", "cipher_suite", "extensions")
     legacy_version: int
     random: bytes
     session_id: bytes
     cipher_suite: int
     extensions: tuple[Extension, ...]
+
+    def __init__(self, legacy_version: int, random: bytes, session_id: bytes, cipher_suite: int,
+                 extensions: tuple[Extension, ...]) -> None:
+        init(self, "legacy_version", legacy_version)
+        init(self, "random", random)
+        init(self, "session_id", session_id)
+        init(self, "cipher_suite", cipher_suite)
+        init(self, "extensions", extensions)
 
     def extension(self, ext_type: int) -> bytes | None:
         return find_extension(self.extensions, ext_type)
@@ -214,9 +244,12 @@ def build_server_hello(x: ServerHello) -> bytes:
 
 # --- EncryptedExtensions (RFC 8446 section 4.3.1) -------------------------------------------
 
-@dataclass(frozen=True)
-class EncryptedExtensions:
+class EncryptedExtensions(Frozen):
+    __slots__ = ("extensions",)
     extensions: tuple[Extension, ...]
+
+    def __init__(self, extensions: tuple[Extension, ...]) -> None:
+        init(self, "extensions", extensions)
 
     def extension(self, ext_type: int) -> bytes | None:
         return find_extension(self.extensions, ext_type)
@@ -232,10 +265,14 @@ def build_encrypted_extensions(x: EncryptedExtensions) -> bytes:
 
 # --- Certificate (RFC 8446 section 4.4.2, RFC 5246 section 7.4.2) ---------------------------
 
-@dataclass(frozen=True)
-class Certificate13:
+class Certificate13(Frozen):
+    __slots__ = ("context", "entries")
     context: bytes
     entries: tuple[tuple[bytes, bytes], ...]   # (cert_data DER, raw extensions vector body)
+
+    def __init__(self, context: bytes, entries: tuple[tuple[bytes, bytes], ...]) -> None:
+        init(self, "context", context)
+        init(self, "entries", entries)
 
 
 def parse_certificate13(body: bytes) -> Certificate13:
@@ -262,9 +299,12 @@ def build_certificate13(x: Certificate13) -> bytes:
     return w.getvalue()
 
 
-@dataclass(frozen=True)
-class Certificate12:
+class Certificate12(Frozen):
+    __slots__ = ("chain",)
     chain: tuple[bytes, ...]
+
+    def __init__(self, chain: tuple[bytes, ...]) -> None:
+        init(self, "chain", chain)
 
 
 def parse_certificate12(body: bytes) -> Certificate12:
@@ -288,10 +328,14 @@ def build_certificate12(x: Certificate12) -> bytes:
 
 # --- CertificateVerify (RFC 8446 section 4.4.3; RFC 5246 section 7.4.8) ---------------------
 
-@dataclass(frozen=True)
-class CertificateVerify:
+class CertificateVerify(Frozen):
+    __slots__ = ("scheme", "signature")
     scheme: int
     signature: bytes
+
+    def __init__(self, scheme: int, signature: bytes) -> None:
+        init(self, "scheme", scheme)
+        init(self, "signature", signature)
 
 
 def parse_certificate_verify(body: bytes) -> CertificateVerify:
@@ -311,12 +355,18 @@ def build_certificate_verify(x: CertificateVerify) -> bytes:
 
 # --- ServerKeyExchange, ECDHE (RFC 8422 section 5.4, RFC 5246 section 7.4.3) ----------------
 
-@dataclass(frozen=True)
-class ServerKeyExchangeECDHE:
+class ServerKeyExchangeECDHE(Frozen):
+    __slots__ = ("group", "public", "scheme", "signature")
     group: int
     public: bytes
     scheme: int | None   # None: TLS 1.0/1.1, no SignatureAndHashAlgorithm on the wire
     signature: bytes
+
+    def __init__(self, group: int, public: bytes, scheme: int | None, signature: bytes) -> None:
+        init(self, "group", group)
+        init(self, "public", public)
+        init(self, "scheme", scheme)
+        init(self, "signature", signature)
 
 
 def ecdhe_params(group: int, public: bytes) -> bytes:
@@ -352,9 +402,12 @@ def build_server_key_exchange(x: ServerKeyExchangeECDHE) -> bytes:
 
 # --- ClientKeyExchange, ECDHE (RFC 8422 section 5.7) ----------------------------------------
 
-@dataclass(frozen=True)
-class ClientKeyExchangeECDHE:
+class ClientKeyExchangeECDHE(Frozen):
+    __slots__ = ("public",)
     public: bytes
+
+    def __init__(self, public: bytes) -> None:
+        init(self, "public", public)
 
 
 def parse_client_key_exchange(body: bytes) -> ClientKeyExchangeECDHE:
@@ -373,9 +426,12 @@ def build_client_key_exchange(x: ClientKeyExchangeECDHE) -> bytes:
 
 # --- Finished (RFC 8446 section 4.4.4, RFC 5246 section 7.4.9) ------------------------------
 
-@dataclass(frozen=True)
-class Finished:
+class Finished(Frozen):
+    __slots__ = ("verify_data",)
     verify_data: bytes
+
+    def __init__(self, verify_data: bytes) -> None:
+        init(self, "verify_data", verify_data)
 
 
 def parse_finished(body: bytes, length: int) -> Finished:
@@ -391,9 +447,12 @@ def build_finished(x: Finished) -> bytes:
 
 # --- KeyUpdate (RFC 8446 section 4.6.3) -----------------------------------------------------
 
-@dataclass(frozen=True)
-class KeyUpdate:
+class KeyUpdate(Frozen):
+    __slots__ = ("request_update",)
     request_update: int
+
+    def __init__(self, request_update: int) -> None:
+        init(self, "request_update", request_update)
 
 
 def parse_key_update(body: bytes) -> KeyUpdate:
@@ -415,10 +474,14 @@ def build_key_update(x: KeyUpdate) -> bytes:
 
 # --- CertificateRequest (RFC 8446 section 4.3.2, RFC 5246 section 7.4.4) --------------------
 
-@dataclass(frozen=True)
-class CertificateRequest13:
+class CertificateRequest13(Frozen):
+    __slots__ = ("context", "extensions")
     context: bytes
     extensions: tuple[Extension, ...]
+
+    def __init__(self, context: bytes, extensions: tuple[Extension, ...]) -> None:
+        init(self, "context", context)
+        init(self, "extensions", extensions)
 
     def extension(self, ext_type: int) -> bytes | None:
         return find_extension(self.extensions, ext_type)
@@ -439,11 +502,17 @@ def build_certificate_request13(x: CertificateRequest13) -> bytes:
     return w.getvalue()
 
 
-@dataclass(frozen=True)
-class CertificateRequest12:
+class CertificateRequest12(Frozen):
+    __slots__ = ("certificate_types", "signature_schemes", "authorities")
     certificate_types: bytes
     signature_schemes: tuple[int, ...]   # () when has_schemes is False (TLS 1.0/1.1)
     authorities: tuple[bytes, ...]
+
+    def __init__(self, certificate_types: bytes, signature_schemes: tuple[int, ...],
+                 authorities: tuple[bytes, ...]) -> None:
+        init(self, "certificate_types", certificate_types)
+        init(self, "signature_schemes", signature_schemes)
+        init(self, "authorities", authorities)
 
 
 def parse_certificate_request12(body: bytes, has_schemes: bool = True) -> CertificateRequest12:
@@ -500,10 +569,14 @@ def parse_empty(body: bytes, what: str) -> None:
 
 # --- Alert (RFC 8446 section 6, RFC 5246 section 7.2) ---------------------------------------
 
-@dataclass(frozen=True)
-class Alert:
+class Alert(Frozen):
+    __slots__ = ("level", "description")
     level: int
     description: int
+
+    def __init__(self, level: int, description: int) -> None:
+        init(self, "level", level)
+        init(self, "description", description)
 
 
 def parse_alert(body: bytes) -> Alert:
@@ -523,9 +596,6 @@ def build_alert(x: Alert) -> bytes:
 
 
 # --- extension data, client forms -----------------------------------------------------------
-
-T = TypeVar("T")
-
 
 def _whole(data: bytes, what: str, read: Callable[[Reader], T]) -> T:
     # Runs read(Reader) and insists it consumed all of data: every extension's data is exactly

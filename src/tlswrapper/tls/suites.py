@@ -4,7 +4,7 @@ Rule: constants only, no logic that depends on a connection. Shared by tls/ and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from .frozen import Frozen, init
 
 # Protocol versions (RFC 8446 section 4.2.1, RFC 5246 appendix E).
 TLS10 = 0x0301
@@ -178,8 +178,9 @@ SCHEMES_12 = {
 }
 
 
-@dataclass(frozen=True)
-class CipherSuite:
+class CipherSuite(Frozen):
+    __slots__ = ("code", "name", "cli", "version_min", "version_max", "auth", "cipher", "key_len",
+                 "iv_len", "mac", "mac_len", "prf_hash")
     code: int
     name: str            # the IANA name
     cli: str             # the -c name
@@ -192,6 +193,22 @@ class CipherSuite:
     mac: str | None      # HMAC hash for CBC suites, None for AEAD
     mac_len: int
     prf_hash: str        # "sha256" / "sha384": PRF (1.2) or HKDF hash (1.3)
+
+    def __init__(self, code: int, name: str, cli: str, version_min: int, version_max: int,
+                 auth: str | None, cipher: str, key_len: int, iv_len: int, mac: str | None,
+                 mac_len: int, prf_hash: str) -> None:
+        init(self, "code", code)
+        init(self, "name", name)
+        init(self, "cli", cli)
+        init(self, "version_min", version_min)
+        init(self, "version_max", version_max)
+        init(self, "auth", auth)
+        init(self, "cipher", cipher)
+        init(self, "key_len", key_len)
+        init(self, "iv_len", iv_len)
+        init(self, "mac", mac)
+        init(self, "mac_len", mac_len)
+        init(self, "prf_hash", prf_hash)
 
 
 def _suite(code, name, cli, vmin, vmax, auth, cipher, key_len, iv_len, mac, mac_len, prf):
