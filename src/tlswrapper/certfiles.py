@@ -15,9 +15,16 @@ Loading order (SPEC section 1), split between this module and its callers:
 from __future__ import annotations
 
 import os
-from typing import Iterable, Literal
 
-CertEntry = tuple[Literal["file", "dir"], str]
+# typing only for the type checker: each tcpserver-mode connection would pay for its import.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Literal
+
+    CertEntry = tuple[Literal["file", "dir"], str]
+else:
+    CertEntry = tuple[str, str]    # ("file" or "dir", the name as given)
 
 # RFC 1035 / RFC 1123 limits: 63 bytes per label, 253 for the whole name (without a trailing
 # dot). Above that a name cannot be a host name, so it cannot be a file in a certdir either.

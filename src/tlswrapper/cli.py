@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import re
 import stat
-from dataclasses import dataclass
-from typing import Literal, NoReturn, Sequence
 
 from . import log
 from .certfiles import CertEntry, candidate_paths, fixpath
@@ -20,6 +17,14 @@ from .optscan import (  # noqa: F401 (EXIT_USAGE, the errors: re-exported)
 from .jail import DEFAULT_JAIL_DIR
 from .tls import suites
 from .tls.config import ConfigError, ServerConfig
+from .tls.frozen import Frozen, init
+
+# tcpserver mode starts a new interpreter per connection: modules that only the type checker
+# needs (typing) are not imported at run time, nor re, dataclasses (see tls/frozen.py).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Literal, NoReturn
 
 
 USAGE = "tlswrapper [options] [ -d certdir ] [ -f certfile ] prog [args...]"
@@ -31,28 +36,57 @@ DEFAULT_TIMEOUT = 60
 DEFAULT_HANDSHAKE_TIMEOUT = 30
 MAX_TIMEOUT = 86400          # the C version refuses more than a day
 USER_FIELDS = ("commonName", "emailAddress")
-_NUMBER = re.compile(r"[+-]?[0-9]+")
 
 
-@dataclass(frozen=True)
-class Options:
-    verbosity: int = log.DEFAULT
-    certs: tuple[CertEntry, ...] = ()
-    anchor: str | None = None               # -a, as given (open anchor_path)
-    ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS
-    groups: tuple[str, ...] = suites.DEFAULT_GROUPS
-    version_min: int = suites.TLS12
-    version_max: int = suites.TLS13
-    server_preference: bool = True
-    timeout: int = DEFAULT_TIMEOUT
-    handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT
-    user: str | None = None                 # -u account name
-    user_from_cert: Literal["commonName", "emailAddress"] | None = None   # -U
-    proxy_protocol: int | None = None       # -p 1: PROXY protocol version 1
-    jail_dir: str = DEFAULT_JAIL_DIR
-    jail_user: str | None = None            # -j account name; None: random ids
-    delayed_encryption: bool = False        # -n
-    prog: tuple[str, ...] = ()
+class Options(Frozen):
+    __slots__ = ("verbosity", "certs", "anchor", "ciphers", "groups", "version_min", "version_max",
+                 "server_preference", "timeout", "handshake_timeout", "user", "user_from_cert",
+                 "proxy_protocol", "jail_dir", "jail_user", "delayed_encryption", "prog")
+    verbosity: int
+    certs: tuple[CertEntry, ...]
+    anchor: str | None                      # -a, as given (open anchor_path)
+    ciphers: tuple[str, ...]
+    groups: tuple[str, ...]
+    version_min: int
+    version_max: int
+    server_preference: bool
+    timeout: int
+    handshake_timeout: int
+    user: str | None                        # -u account name
+    user_from_cert: Literal["commonName", "emailAddress"] | None          # -U
+    proxy_protocol: int | None              # -p 1: PROXY protocol version 1
+    jail_dir: str
+    jail_user: str | None                   # -j account name; None: random ids
+    delayed_encryption: bool                # -n
+    prog: tuple[str, ...]
+
+    def __init__(self, verbosity: int = log.DEFAULT, certs: tuple[CertEntry, ...] = (),
+                 anchor: str | None = None, ciphers: tuple[str, ...] = suites.DEFAULT_CIPHERS,
+                 groups: tuple[str, ...] = suites.DEFAULT_GROUPS, version_min: int = suites.TLS12,
+                 version_max: int = suites.TLS13, server_preference: bool = True,
+                 timeout: int = DEFAULT_TIMEOUT, handshake_timeout: int = DEFAULT_HANDSHAKE_TIMEOUT,
+                 user: str | None = None,
+                 user_from_cert: Literal["commonName", "emailAddress"] | None = None,
+                 proxy_protocol: int | None = None, jail_dir: str = DEFAULT_JAIL_DIR,
+                 jail_user: str | None = None, delayed_encryption: bool = False,
+                 prog: tuple[str, ...] = ()) -> None:
+        init(self, "verbosity", verbosity)
+        init(self, "certs", certs)
+        init(self, "anchor", anchor)
+        init(self, "ciphers", ciphers)
+        init(self, "groups", groups)
+        init(self, "version_min", version_min)
+        init(self, "version_max", version_max)
+        init(self, "server_preference", server_preference)
+        init(self, "timeout", timeout)
+        init(self, "handshake_timeout", handshake_timeout)
+        init(self, "user", user)
+        init(self, "user_from_cert", user_from_cert)
+        init(self, "proxy_protocol", proxy_protocol)
+        init(self, "jail_dir", jail_dir)
+        init(self, "jail_user", jail_user)
+        init(self, "delayed_encryption", delayed_encryption)
+        init(self, "prog", prog)
 
     @property
     def anchor_path(self) -> str | None:
@@ -121,7 +155,9 @@ def _choice(what: str, value: str, table: Sequence[str]) -> str:
 
 
 def _timeout(what: str, value: str) -> int:
-    if not _NUMBER.fullmatch(value):
+    # [+-]?[0-9]+ (isascii: str.isdigit also takes other scripts' digits and superscripts)
+    digits = value[1:] if value[:1] in ("+", "-") else value
+    if not (digits.isascii() and digits.isdigit()):
         raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
                           f"(invalid argument)")
     n = int(value)

@@ -11,14 +11,19 @@ setuid because changing credentials resets the dumpable flag.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import pwd
 import resource
-import secrets
 import stat
-from dataclasses import dataclass
+
+from .tls.frozen import Frozen, init
+
+# ctypes is imported by prepare(), not here: the CLI imports this module for DEFAULT_JAIL_DIR
+# and the per-connection commands (tlswrapper-tcp, -smtp) need no prctl before their jail.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
 
 DEFAULT_JAIL_DIR = "/var/lib/tlswrapper/empty"
 
@@ -53,11 +58,16 @@ class JailError(Exception):
     """The jail could not be built or verified; the message is one line for the log."""
 
 
-@dataclass(frozen=True)
-class Account:
+class Account(Frozen):
+    __slots__ = ("name", "uid", "gid")
     name: str | None      # None for a random per-connection id
     uid: int
     gid: int
+
+    def __init__(self, name: str | None, uid: int, gid: int) -> None:
+        init(self, "name", name)
+        init(self, "uid", uid)
+        init(self, "gid", gid)
 
 
 _libc: ctypes.CDLL | None = None
@@ -77,6 +87,7 @@ def prepare() -> None:
     if _libc is not None:
         return
     try:
+        import ctypes
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
                                ctypes.c_ulong]
@@ -84,7 +95,7 @@ def prepare() -> None:
         # A first call, so that nothing about calling it is left to do lazily.
         if libc.prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) < 0:
             raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    except (OSError, AttributeError) as e:
+    except (ImportError, OSError, AttributeError) as e:
         raise JailError(f"unable to load libc for prctl ({e})") from e
     _libc = libc
 
@@ -95,6 +106,7 @@ def _prctl(option: int, arg: int = 0) -> int:
         raise JailError("libc not loaded")
     ret = _libc.prctl(option, arg, 0, 0, 0)
     if ret < 0:
+        import ctypes       # loaded by prepare() already
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
     return int(ret)
@@ -117,13 +129,25 @@ def lookup_account(name: str) -> Account:
     return Account(name, pw.pw_uid, pw.pw_gid)
 
 
+def _randbelow(n: int) -> int:
+    """Uniform in [0, n) from the kernel's CSPRNG, as secrets.randbelow (whose import, with
+    random, hmac and base64, costs a new interpreter several ms): rejection sampling over
+    the smallest power of two >= n."""
+    bits = (n - 1).bit_length()
+    nbytes = (bits + 7) // 8
+    while True:
+        r = int.from_bytes(os.urandom(nbytes), "big") >> (8 * nbytes - bits)
+        if r < n:
+            return r
+
+
 def random_account() -> Account:
     """A fresh uid (= gid) in the unused range, unique among this namespace's live jails."""
     pid = os.getpid()
     if pid >= 1 << _PID_BITS:
         # Not possible on Linux (PID_MAX_LIMIT is 2^22); refuse rather than collide.
         raise JailError(f"pid {pid} out of range for a jail id")
-    ident = RANGE_START + ((secrets.randbelow(_RANDOM_SLOTS) << _PID_BITS) | pid)
+    ident = RANGE_START + ((_randbelow(_RANDOM_SLOTS) << _PID_BITS) | pid)
     return Account(None, ident, ident)
 
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Container, Sequence
-from typing import NoReturn
 
 from . import log
+
+# Only for the type checker (typing costs each tcpserver-mode connection several ms).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Container, Sequence
+    from typing import NoReturn
 
 EXIT_USAGE = 100     # usage or configuration error (the C version's value)
 EXIT_FAILURE = 111   # internal failure, or prog killed by a signal

@@ -15,29 +15,46 @@ the header (the start of the TLS ClientHello) is handed back as `rest`.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from dataclasses import dataclass
+from .tls.frozen import Frozen, init
+
+# ipaddress is imported when a ProxyReader is made or a header built, not with this module:
+# the relay imports it for every connection, -p or not. A reader is made before the jail
+# (nothing can be loaded after it), and the import is a dictionary look-up from then on.
 
 MAX_LINE = 107                   # the protocol's limit, "PROXY" to CRLF inclusive
 SIGNATURE = b"PROXY "
-_PORT = re.compile(rb"0|[1-9][0-9]{0,4}")
-_IPV4_CHARS = re.compile(rb"[0-9.]{7,15}")
-_IPV6_CHARS = re.compile(rb"[0-9A-Fa-f:.]{2,45}")
+# The characters an address may have, and its length range (no re: its import costs a new
+# interpreter a few ms). The ipaddress module then judges the address itself.
+_DIGITS = b"0123456789"
+_IPV4_CHARS = _DIGITS + b"."
+_IPV6_CHARS = _DIGITS + b"ABCDEFabcdef:."
+
+
+def _only(field: bytes, chars: bytes, shortest: int, longest: int) -> bool:
+    return shortest <= len(field) <= longest and not field.translate(None, chars)
 
 
 class ProxyError(ValueError):
     """The header is malformed; the message is one line for the log (no client bytes raw)."""
 
 
-@dataclass(frozen=True)
-class ProxyHeader:
+class ProxyHeader(Frozen):
     """A parsed header. For UNKNOWN every address field is None (keep the socket's)."""
+
+    __slots__ = ("family", "source_ip", "dest_ip", "source_port", "dest_port")
     family: str                          # "TCP4", "TCP6" or "UNKNOWN"
-    source_ip: str | None = None         # the client
-    dest_ip: str | None = None           # the address the client connected to
-    source_port: int | None = None
-    dest_port: int | None = None
+    source_ip: str | None                # the client
+    dest_ip: str | None                  # the address the client connected to
+    source_port: int | None
+    dest_port: int | None
+
+    def __init__(self, family: str, source_ip: str | None = None, dest_ip: str | None = None,
+                 source_port: int | None = None, dest_port: int | None = None) -> None:
+        init(self, "family", family)
+        init(self, "source_ip", source_ip)
+        init(self, "dest_ip", dest_ip)
+        init(self, "source_port", source_port)
+        init(self, "dest_port", dest_port)
 
     def environment(self) -> dict[str, str]:
         """TCPREMOTEIP/TCPREMOTEPORT/TCPLOCALIP/TCPLOCALPORT as tcpserver would set them for
@@ -49,12 +66,13 @@ class ProxyHeader:
 
 
 def _address(field: bytes, family: str, what: str) -> str:
+    import ipaddress
     if family == "TCP4":
-        ok = _IPV4_CHARS.fullmatch(field) is not None
+        ok = _only(field, _IPV4_CHARS, 7, 15)
         cls: type = ipaddress.IPv4Address
     else:
         # Character check first: ipaddress also takes "fe80::1%eth0" (a scope id).
-        ok = _IPV6_CHARS.fullmatch(field) is not None
+        ok = _only(field, _IPV6_CHARS, 2, 45)
         cls = ipaddress.IPv6Address
     try:
         if not ok:
@@ -69,7 +87,9 @@ def _address(field: bytes, family: str, what: str) -> str:
 
 
 def _port(field: bytes, what: str) -> int:
-    if _PORT.fullmatch(field) is None or int(field) > 65535:
+    # 0 or 1-5 digits without a leading zero (no sign, no space: bytes.isdigit is ASCII-only).
+    plain = _only(field, _DIGITS, 1, 5) and (field == b"0" or field[:1] != b"0")
+    if not plain or int(field) > 65535:
         raise ProxyError(f"bad {what} port")
     return int(field)
 
@@ -121,6 +141,7 @@ class ProxyReader:
     header and belong to whatever comes next (the TLS handshake)."""
 
     def __init__(self) -> None:
+        import ipaddress  # noqa: F401  (now, before the jail: parse_line needs it)
         self._buf = bytearray()
         self.header: ProxyHeader | None = None
         self.rest = b""
@@ -161,6 +182,7 @@ def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes
     address is missing, does not parse, or the two are of different families."""
     if source is None or dest is None:
         return b"PROXY UNKNOWN\r\n"
+    import ipaddress
     try:
         addrs = []
         for ip, port in (source, dest):
