@@ -4,9 +4,6 @@ Rule: every read is bounds-checked; running out of bytes is a DecodeError, never
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-
 from . import suites
 
 
@@ -158,30 +155,45 @@ class Writer:
     def vec24(self, b: bytes | bytearray | memoryview) -> None:
         self._vec(b, 3)
 
-    @contextmanager
-    def _block(self, n: int) -> Iterator[Writer]:
-        at = len(self._buf)
-        self._buf += bytes(n)
-        yield self
-        length = len(self._buf) - at - n
-        if length >= 1 << (8 * n):
-            raise ValueError(f"block of {length} bytes does not fit a {n}-byte length")
-        self._buf[at:at + n] = length.to_bytes(n, "big")
+    def block8(self) -> _Block:
+        return _Block(self, 1)
 
-    def block8(self) -> AbstractContextManager[Writer]:
-        return self._block(1)
+    def block16(self) -> _Block:
+        return _Block(self, 2)
 
-    def block16(self) -> AbstractContextManager[Writer]:
-        return self._block(2)
-
-    def block24(self) -> AbstractContextManager[Writer]:
-        return self._block(3)
+    def block24(self) -> _Block:
+        return _Block(self, 3)
 
     def __len__(self) -> int:
         return len(self._buf)
 
     def getvalue(self) -> bytes:
         return bytes(self._buf)
+
+
+class _Block:
+    """`with w.block16(): ...`: an n-byte length, filled in when the block closes without an
+    exception. (A class, not contextlib.contextmanager: no contextlib import per process.)"""
+
+    __slots__ = ("_writer", "_n", "_at")
+
+    def __init__(self, writer: Writer, n: int) -> None:
+        self._writer = writer
+        self._n = n
+        self._at = len(writer._buf)
+        writer._buf += bytes(n)
+
+    def __enter__(self) -> Writer:
+        return self._writer
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            return
+        buf, n, at = self._writer._buf, self._n, self._at
+        length = len(buf) - at - n
+        if length >= 1 << (8 * n):
+            raise ValueError(f"block of {length} bytes does not fit a {n}-byte length")
+        buf[at:at + n] = length.to_bytes(n, "big")
 
 
 def handshake_message(msg_type: int, body: bytes) -> bytes:
