@@ -105,6 +105,7 @@ def drop_privileges(account: jail.Account) -> None:
     """The resolver's half jail: the jail account's ids, no forks, no core, not dumpable.
     No chroot and no RLIMIT_NOFILE 0: getaddrinfo needs /etc and a socket to the DNS server."""
     import resource
+    jail.prepare()    # loads ctypes for prctl while we may still read the Python library
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
     os.setgroups([account.gid])
