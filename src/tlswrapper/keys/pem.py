@@ -90,17 +90,27 @@ def read_pem_file(path: str) -> SealedPem | None:
         fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError):
         return None
-    buf = bytearray(MAX_PEM_FILE + 1)
+    buf = bytearray(0)
     size = 0
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise PemError("not a regular file")
-        with memoryview(buf) as view:
-            while size <= MAX_PEM_FILE:
+        # Sized from fstat (one byte more, to see EOF): a 1 MiB buffer costs a millisecond of
+        # page faults and wiping per connection. A file that grew since is read on into a
+        # buffer of the full limit.
+        buf = bytearray(min(st.st_size, MAX_PEM_FILE) + 1)
+        while size <= MAX_PEM_FILE:
+            if size == len(buf):
+                bigger = bytearray(MAX_PEM_FILE + 1)
+                bigger[:size] = buf
+                buf[:] = bytes(len(buf))
+                buf = bigger
+            with memoryview(buf) as view:
                 n = os.readv(fd, [view[size:]])
-                if n == 0:
-                    break
-                size += n
+            if n == 0:
+                break
+            size += n
         if size > MAX_PEM_FILE:
             raise PemError("file larger than 1 MiB")
         return _seal(path, buf, size)
@@ -193,11 +203,14 @@ def _check_rsa_crt(key: rsa.RSAPrivateKey) -> None:
         raise ValueError("inconsistent RSA private key")
 
 
-def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def unseal_private_key(sealed: SealedPem, leaf: bytes | None = None,
+                       ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     """After the jail, when the key is selected for signing: decrypt the secret block into a
     buffer that is wiped after cryptography has parsed it, and check that the key is the
-    leaf certificate's. Raises PemError."""
-    chain, _, _ = parse_public(sealed)
+    leaf certificate's. `leaf` is the leaf certificate (DER) as parse_public(sealed) gave
+    it, when the caller kept it (saves parsing the chain again). Raises PemError."""
+    if leaf is None:
+        leaf = parse_public(sealed)[0][0]
     sealed_key = sealed.sealed_key
     clear = bytearray(len(sealed_key) - 12 - 16)
     try:
@@ -224,7 +237,7 @@ def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurv
         clear[:] = bytes(len(clear))
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise PemError("private key type not supported")
-    leaf_public = x509.load_der_x509_certificate(chain[0]).public_key()
+    leaf_public = x509.load_der_x509_certificate(leaf).public_key()
     spki = serialization.PublicFormat.SubjectPublicKeyInfo
     der = serialization.Encoding.DER
     if key.public_key().public_bytes(der, spki) != leaf_public.public_bytes(der, spki):
