@@ -70,9 +70,23 @@ class Fake:
         return b"share" + (peer_share or b"-")
 
     def derive12(self, version, suite, peer_share, client_random, server_random,
-                 session_hash, encrypt_then_mac=False):
+                 session_hash, encrypt_then_mac=False, client_finished_hash=None):
         self._log("derive12", version, suite, peer_share, client_random, server_random,
-                  session_hash, encrypt_then_mac)
+                  session_hash, encrypt_then_mac, client_finished_hash)
+        return b"" if client_finished_hash is None else b"cf" + client_finished_hash
+
+    def server_key_exchange12(self, group, scheme, client_random, server_random):
+        self._log("server_key_exchange12", group, scheme, client_random, server_random)
+        return b"pub", b"sig"
+
+    def seal_finished12(self, handshake_hash):
+        return b"sf" + handshake_hash
+
+    def server_flight13(self, group, peer_share, suite, scheme, transcript, hello_head,
+                        flight, client_auth):
+        self._log("server_flight13", group, peer_share, suite, scheme, transcript,
+                  hello_head, flight, client_auth)
+        return b"share", b"cv", b"fin", b"records", b"" if client_auth else b"cfin"
 
     def finished12(self, sender, handshake_hash):
         return b"f12" + bytes([sender]) + handshake_hash
@@ -92,6 +106,8 @@ class Fake:
         self._log("key_update", direction)
 
     def activate(self, direction):
+        if direction == 7:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "no pending protection")
         self._log("activate", direction)
 
     def seal(self, records):
@@ -128,8 +144,13 @@ def test_every_method(fake_ks):
     assert ks.sign(0x0403, b"data") == b"\x04\x03data"
     assert ks.key_share(suites.X25519) == b"share-"
     assert ks.key_share(suites.X25519, b"peer") == b"sharepeer"
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None) is None
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True) is None
+    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None) == b""
+    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True, b"fh") == b"cffh"
+    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
+    assert ks.seal_finished12(b"hh") == b"sfhh"
+    assert ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
+                              [b"ee", b"cert"], False) == \
+        (b"share", b"cv", b"fin", b"records", b"cfin")
     assert ks.finished12(1, b"hh") == b"f12\x01hh"
     assert ks.derive13_handshake(0x1301, b"t") is None
     assert ks.finished13(0, b"t") == b"f13\x00t"
@@ -144,11 +165,56 @@ def test_every_method(fake_ks):
     assert calls == [
         ("load", ["a", "b/\udcff"]), ("select", 2),
         ("key_share", suites.X25519, None), ("key_share", suites.X25519, b"peer"),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None, False),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True),
+        ("derive12", suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None, False, None),
+        ("derive12", suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True, b"fh"),
+        ("server_key_exchange12", suites.SECP256R1, 0x0403, b"c", b"s"),
+        ("server_flight13", suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
+         [b"ee", b"cert"], False),
         ("derive13_handshake", 0x1301, b"t"), ("derive13_application", b"t2"),
         ("key_update", WRITE), ("activate", READ)]
     assert jailed is False
+
+
+def test_deferred_calls_go_with_the_next_call(fake_ks):
+    ks, _ = fake_ks
+    writes = []
+    real = ipc.write_parts
+
+    def counting(fd, parts):
+        writes.append(fd)
+        real(fd, parts)
+    ipc.write_parts = counting
+    try:
+        # activate and key_update answer nothing: they wait for the next call and go in its
+        # write, in order; one round trip for the three.
+        assert ks.activate(READ) is None
+        assert ks.key_update(WRITE) is None
+        assert writes == []
+        assert ks.seal([(23, b"x")]) == b"\x17x"
+        assert writes == [ks.wfd]
+    finally:
+        ipc.write_parts = real
+    calls, _fds, _jailed = state(ks)
+    assert calls[-2:] == [("activate", READ), ("key_update", WRITE)]
+
+
+def test_deferred_call_error_surfaces_from_the_next_call(fake_ks):
+    ks, _ = fake_ks
+    ks.activate(7)            # refused by the key side: reported with the next call
+    ks.activate(READ)
+    with pytest.raises(KeyServiceError) as e:
+        ks.seal([(23, b"x")])
+    assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR, "no pending protection")
+    # The later calls still ran and the pipes are in step.
+    assert ks.sign(7, b"ok") == b"\x00\x07ok"
+    calls, _fds, _jailed = state(ks)
+    assert calls[-1] == ("activate", READ)
+
+
+def test_deferred_calls_dropped_at_close(fake_ks):
+    ks, _ = fake_ks
+    ks.activate(READ)
+    assert ks.close() == 0
 
 
 def test_bulk_batch(fake_ks):

@@ -63,6 +63,7 @@ METHODS: tuple[str, ...] = (
     "derive12", "finished12",
     "derive13_handshake", "finished13", "derive13_application", "key_update",
     "activate", "seal", "open", "read_anchor",
+    "server_flight13", "server_key_exchange12", "seal_finished12",
 )
 OPCODES: dict[str, int] = {name: i + 1 for i, name in enumerate(METHODS)}
 OP_OK = 0x80
@@ -285,8 +286,8 @@ def decode(frame: bytes | bytearray | memoryview) -> tuple[int, Value]:
 class FrameReader:
     """Reads whole frames from a blocking fd into a reused buffer (grown up to MAX_FRAME).
 
-    Both sides speak strictly request/answer, so at most one frame is in flight per pipe;
-    still, bytes read past the end of a frame are kept for the next one."""
+    The network process may send several requests in one write (calls it deferred, then the
+    one it needs answered): bytes read past the end of a frame are kept for the next one."""
 
     _INITIAL = 64 * 1024
 
@@ -321,6 +322,15 @@ class FrameReader:
                 raise IpcError("frame cut short")
             self._end += n
         return True
+
+    def buffered(self) -> bool:
+        """Whether a whole frame (or a header announcing one too large) is buffered already,
+        so that read() returns without reading from the fd."""
+        have = self._end - self._start
+        if have < HEADER_SIZE:
+            return False
+        n = HEADER.unpack_from(self._view, self._start)[0]
+        return n > MAX_FRAME or have - HEADER_SIZE >= n
 
     def read(self) -> tuple[int, Value] | None:
         """The next (opcode, value), or None on EOF at a frame boundary."""

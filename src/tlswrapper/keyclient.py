@@ -66,9 +66,23 @@ def _records(records: Sequence[Any]) -> list | tuple:
     return records if type(records) is list or type(records) is tuple else list(records)
 
 
+def _pair(v: Any) -> tuple[bytes, bytes]:
+    if type(v) is tuple and len(v) == 2 and type(v[0]) is bytes and type(v[1]) is bytes:
+        return v
+    raise ipc.IpcError("expected two bytes values")
+
+
+def _flight13(v: Any) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    if type(v) is tuple and len(v) == 5 and all(type(x) is bytes for x in v):
+        return v
+    raise ipc.IpcError("malformed server_flight13() answer")
+
+
 class PipeKeyService:
-    """The KeyService of the engine in production: each call is one request/answer round trip
-    to the key process. Not thread-safe (one connection, one thread)."""
+    """The KeyService of the engine in production: each call that answers something is one
+    request/answer round trip to the key process; activate() and key_update() are deferred
+    and sent in the same write as the next call (secrets.py: "Round trips"). Not thread-safe
+    (one connection, one thread)."""
 
     def __init__(self, rfd: int, wfd: int, pid: int | None = None) -> None:
         self.rfd = rfd          # answers from the key process
@@ -77,24 +91,58 @@ class PipeKeyService:
         self._reader = ipc.FrameReader(rfd)
         self._dead: str | None = None
         self._closed = False
+        # Deferred calls: (name, frame buffers), sent before the next call's request.
+        self._deferred: list[tuple[str, list[Any]]] = []
 
     # --- transport -----------------------------------------------------------------------------
-    def _call(self, name: str, args: tuple) -> Any:
+    def _usable(self) -> None:
         if self._dead is not None:
             raise KeyProcessDied(self._dead)
         if self._closed:
             raise KeyProcessDied("key service closed")
+
+    def _encode(self, name: str, args: tuple) -> list[Any]:
         try:
-            parts = ipc.encode_parts(ipc.OPCODES[name], args)
+            return ipc.encode_parts(ipc.OPCODES[name], args)
         except ipc.IpcError as e:
             # The engine passed something the pipe cannot carry: an engine bug, not a dead
             # key process; the pipe is still in sync, nothing was written.
             raise KeyServiceError(suites.INTERNAL_ERROR, f"cannot send {name}: {e}") from None
+
+    def _defer(self, name: str, args: tuple) -> None:
+        self._usable()
+        self._deferred.append((name, self._encode(name, args)))
+
+    def _call(self, name: str, args: tuple) -> Any:
+        self._usable()
+        parts = self._encode(name, args)
+        deferred = self._deferred
+        if deferred:
+            self._deferred = []
+            parts = [p for _, frame in deferred for p in frame] + parts
         try:
             ipc.write_parts(self.wfd, parts)
-            frame = self._reader.read()
+            # The deferred calls' answers first, in order; the first error among them is
+            # raised once every answer is read (the pipes stay in step).
+            error: KeyServiceError | None = None
+            for deferred_name, _ in deferred:
+                value = self._answer(deferred_name)
+                if isinstance(value, KeyServiceError):
+                    error = error or value
+                elif value is not None:
+                    raise self._die(f"key process answered {deferred_name} with a value")
+            value = self._answer(name)
         except (OSError, ipc.IpcError) as e:
             raise self._die(f"key process pipe failed in {name}: {e}") from None
+        if error is not None:
+            raise error
+        if isinstance(value, KeyServiceError):
+            raise value
+        return value
+
+    def _answer(self, name: str) -> Any:
+        """The next answer: its value, or the KeyServiceError it carries (not raised)."""
+        frame = self._reader.read()
         if frame is None:
             raise self._die(f"key process exited during {name}")
         opcode, value = frame
@@ -102,7 +150,7 @@ class PipeKeyService:
             return value
         if opcode == ipc.OP_ERR and type(value) is tuple and len(value) == 2 \
                 and type(value[0]) is int and type(value[1]) is str:
-            raise KeyServiceError(value[0], value[1])
+            return KeyServiceError(value[0], value[1])
         raise self._die(f"key process answered {name} with opcode {opcode}")
 
     def _die(self, reason: str) -> KeyProcessDied:
@@ -132,12 +180,32 @@ class PipeKeyService:
     def key_share(self, group: int, peer_share: bytes | None = None) -> bytes:
         return self._check("key_share", self._call("key_share", (group, peer_share)), _bytes)
 
+    def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
+                              server_random: bytes) -> tuple[bytes, bytes]:
+        args = (group, scheme, client_random, server_random)
+        return self._check("server_key_exchange12",
+                           self._call("server_key_exchange12", args), _pair)
+
+    def seal_finished12(self, handshake_hash: bytes) -> bytes:
+        return self._check("seal_finished12",
+                           self._call("seal_finished12", (handshake_hash,)), _bytes)
+
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False) -> None:
+                 encrypt_then_mac: bool = False,
+                 client_finished_hash: bytes | None = None) -> bytes:
         args = (version, suite, peer_share, client_random, server_random, session_hash,
-                bool(encrypt_then_mac))
-        self._check("derive12", self._call("derive12", args), _none)
+                bool(encrypt_then_mac), client_finished_hash)
+        return self._check("derive12", self._call("derive12", args), _bytes)
+
+    def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
+                        transcript: Sequence[bytes], hello_head: bytes,
+                        flight: Sequence[bytes], client_auth: bool,
+                        ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        args = (group, peer_share, suite, scheme, _records(transcript), hello_head,
+                _records(flight), bool(client_auth))
+        return self._check("server_flight13", self._call("server_flight13", args),
+                           _flight13)
 
     def finished12(self, sender: int, handshake_hash: bytes) -> bytes:
         return self._check("finished12", self._call("finished12", (sender, handshake_hash)),
@@ -156,10 +224,10 @@ class PipeKeyService:
                     self._call("derive13_application", (transcript_hash,)), _none)
 
     def key_update(self, direction: int) -> None:
-        self._check("key_update", self._call("key_update", (direction,)), _none)
+        self._defer("key_update", (direction,))
 
     def activate(self, direction: int) -> None:
-        self._check("activate", self._call("activate", (direction,)), _none)
+        self._defer("activate", (direction,))
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
         return self._check("seal", self._call("seal", (_records(records),)), _bytes)

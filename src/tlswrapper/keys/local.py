@@ -3,6 +3,7 @@ record protection. Rule: every secret stays inside this object; answers are publ
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Sequence
 
 # Imported here, not lazily: after the jail (chroot, RLIMIT_NOFILE 0) nothing can be loaded,
@@ -13,14 +14,18 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tlswrapper.keys import pem, protect, schedule12, schedule13
-from tlswrapper.tls import secrets, suites
+from tlswrapper.tls import messages, secrets, suites
+from tlswrapper.tls.record import split_fragments
 from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+from tlswrapper.tls.wire import handshake_message
 
 _EC_CURVES = {suites.SECP256R1: ec.SECP256R1, suites.SECP384R1: ec.SECP384R1,
               suites.SECP521R1: ec.SECP521R1}
 MLKEM768_ENCAPSULATION_KEY = 1184
 MLKEM768_CIPHERTEXT = 1088
 X25519_LEN = 32
+# RFC 8446 4.4.3: what the server's CertificateVerify signs, before the transcript hash.
+CERTIFICATE_VERIFY_PREFIX = b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00"
 MAX_ANCHOR_FILE = 1 << 20      # -a: CA certificates; far more than any real anchor file
 
 
@@ -241,7 +246,8 @@ class LocalKeyService:
     # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False) -> None:
+                 encrypt_then_mac: bool = False,
+                 client_finished_hash: bytes | None = None) -> bytes:
         cs = suites.SUITES.get(suite)
         if cs is None or not cs.version_min <= version <= cs.version_max \
                 or version == suites.TLS13:
@@ -272,6 +278,20 @@ class LocalKeyService:
             version, cs, block.client_key, block.client_iv, block.client_mac_key, etm)
         self._pending[secrets.WRITE] = protect.new_protection(
             version, cs, block.server_key, block.server_iv, block.server_mac_key, etm)
+        if client_finished_hash is None:
+            return b""
+        return self.finished12(secrets.SENDER_CLIENT, client_finished_hash)
+
+    def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
+                              server_random: bytes) -> tuple[bytes, bytes]:
+        public = self.key_share(group)
+        params = messages.ecdhe_params(group, public)
+        return public, self.sign(scheme, client_random + server_random + params)
+
+    def seal_finished12(self, handshake_hash: bytes) -> bytes:
+        verify_data = self.finished12(secrets.SENDER_SERVER, handshake_hash)
+        return self.seal([(suites.HANDSHAKE, handshake_message(suites.HS_FINISHED,
+                                                               verify_data))])
 
     def finished12(self, sender: int, handshake_hash: bytes) -> bytes:
         if self._master12 is None or self._suite is None:
@@ -299,6 +319,42 @@ class LocalKeyService:
         self._version = suites.TLS13
         self._pending[secrets.READ] = self._protection13(self._hs_secrets[0])
         self._pending[secrets.WRITE] = self._protection13(self._hs_secrets[1])
+
+    def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
+                        transcript: Sequence[bytes], hello_head: bytes,
+                        flight: Sequence[bytes], client_auth: bool,
+                        ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        cs = suites.SUITES.get(suite)
+        if cs is None or cs.version_min != suites.TLS13:
+            raise KeyServiceError(suites.INTERNAL_ERROR, f"suite {suite:#06x} is not TLS 1.3")
+        share = self.key_share(group, peer_share)
+        # One running transcript hash; each step takes a snapshot (RFC 8446 4.4.1).
+        h = hashlib.new(cs.prf_hash)
+        for msg in transcript:
+            h.update(msg)
+        h.update(hello_head)
+        h.update(share)
+        self.derive13_handshake(suite, h.digest())
+        self.activate(secrets.WRITE)
+        self.activate(secrets.READ)
+        for msg in flight:
+            h.update(msg)
+        signature = self.sign(scheme, CERTIFICATE_VERIFY_PREFIX + h.digest())
+        certificate_verify = handshake_message(
+            suites.HS_CERTIFICATE_VERIFY, messages.build_certificate_verify(
+                messages.CertificateVerify(scheme, signature)))
+        h.update(certificate_verify)
+        finished = handshake_message(suites.HS_FINISHED,
+                                     self.finished13(secrets.SENDER_SERVER, h.digest()))
+        h.update(finished)
+        data = b"".join(flight) + certificate_verify + finished
+        records = self.seal([(suites.HANDSHAKE, f) for f in split_fragments(data)])
+        transcript_hash = h.digest()
+        client_verify = b"" if client_auth else \
+            self.finished13(secrets.SENDER_CLIENT, transcript_hash)
+        self.derive13_application(transcript_hash)
+        self.activate(secrets.WRITE)
+        return share, certificate_verify, finished, records, client_verify
 
     def _protection13(self, secret: bytes) -> protect.RecordProtection:
         if self._schedule is None or self._suite is None:

@@ -98,11 +98,23 @@ def _key_share(s: Any, a: tuple) -> Any:
 
 
 def _derive12(s: Any, a: tuple) -> Any:
-    _n(a, 6, 7)
+    _n(a, 6, 8)
     version, suite, peer, crandom, srandom, shash = a[:6]
-    etm = _bool(a[6]) if len(a) == 7 else False
+    etm = _bool(a[6]) if len(a) >= 7 else False
+    fhash = _opt_bytes(a[7]) if len(a) == 8 else None
     return s.derive12(_int(version), _int(suite), _bytes(peer), _bytes(crandom),
-                      _bytes(srandom), _opt_bytes(shash), etm)
+                      _bytes(srandom), _opt_bytes(shash), etm, fhash)
+
+
+def _server_key_exchange12(s: Any, a: tuple) -> Any:
+    group, scheme, crandom, srandom = _n(a, 4, 4)
+    return s.server_key_exchange12(_int(group), _int(scheme), _bytes(crandom),
+                                   _bytes(srandom))
+
+
+def _seal_finished12(s: Any, a: tuple) -> Any:
+    (h,) = _n(a, 1, 1)
+    return s.seal_finished12(_bytes(h))
 
 
 def _finished12(s: Any, a: tuple) -> Any:
@@ -113,6 +125,19 @@ def _finished12(s: Any, a: tuple) -> Any:
 def _derive13_handshake(s: Any, a: tuple) -> Any:
     suite, h = _n(a, 2, 2)
     return s.derive13_handshake(_int(suite), _bytes(h))
+
+
+def _bytes_seq(v: Any) -> list | tuple:
+    for item in _seq(v):
+        _bytes(item)
+    return v
+
+
+def _server_flight13(s: Any, a: tuple) -> Any:
+    group, peer, suite, scheme, transcript, hello_head, flight, client_auth = _n(a, 8, 8)
+    return s.server_flight13(_int(group), _bytes(peer), _int(suite), _int(scheme),
+                             _bytes_seq(transcript), _bytes(hello_head), _bytes_seq(flight),
+                             _bool(client_auth))
 
 
 def _finished13(s: Any, a: tuple) -> Any:
@@ -168,6 +193,9 @@ HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
         ("derive13_application", _derive13_application), ("key_update", _key_update),
         ("activate", _activate), ("seal", _seal), ("open", _open),
         ("read_anchor", _read_anchor),
+        ("server_flight13", _server_flight13),
+        ("server_key_exchange12", _server_key_exchange12),
+        ("seal_finished12", _seal_finished12),
     )
 }
 # A method added to ipc.METHODS without a handler here is a programming error; fail at import
@@ -176,43 +204,59 @@ if set(HANDLERS) != set(ipc.OPCODES.values()):
     raise ImportError("keys.service: handler table does not match ipc.METHODS")
 
 
+# Answers are held back while more requests are buffered (the network process sent them in
+# one write: deferred calls before the one it waits for), then written together; bounded.
+MAX_HELD_ANSWERS = 64 * 1024
+
+
 def serve(rfd: int, wfd: int, service: Any,
           log: Callable[[str], None] | None = _stderr_log) -> None:
     """Answer requests read from `rfd` on `wfd` until EOF on `rfd` (the network process closed
     its end or died), then return. A malformed frame or an unknown opcode raises IpcError and a
     broken answer pipe raises OSError: the caller then exits, the connection is over."""
     reader = ipc.FrameReader(rfd)
+    held: list[Any] = []
+    held_size = 0
     while True:
+        if held and (not reader.buffered() or held_size >= MAX_HELD_ANSWERS):
+            ipc.write_parts(wfd, held)
+            held = []
+            held_size = 0
         frame = reader.read()
         if frame is None:
             return
-        opcode, args = frame
-        entry = HANDLERS.get(opcode)
-        if entry is None:
-            raise ipc.IpcError(f"unknown opcode {opcode}")
-        name, fn = entry
-        if type(args) is not tuple:
-            raise ipc.IpcError("request arguments are not a tuple")
-        try:
-            result = fn(service, args)
-        except KeyServiceError as e:
-            ipc.write_frame(wfd, ipc.OP_ERR, (_alert(e.alert), str(e.reason)))
-            continue
-        except _BadArgs:
-            ipc.write_frame(wfd, ipc.OP_ERR, (suites.INTERNAL_ERROR, f"bad arguments to {name}"))
-            continue
-        except Exception as e:   # a bug on the key side: one log line, a generic answer
-            if log is not None:
-                log(f"tlswrapper: warning: key process: {name} failed: {type(e).__name__}")
-            ipc.write_frame(wfd, ipc.OP_ERR, (suites.INTERNAL_ERROR, GENERIC_REASON))
-            continue
-        try:
-            ipc.write_frame(wfd, ipc.OP_OK, result)
-        except ipc.IpcError as e:
-            # The service answered something the pipe cannot carry: a key-side bug.
-            if log is not None:
-                log(f"tlswrapper: warning: key process: {name} answer not encodable: {e}")
-            ipc.write_frame(wfd, ipc.OP_ERR, (suites.INTERNAL_ERROR, GENERIC_REASON))
+        parts = _answer(frame, service, log)
+        held += parts
+        held_size += sum(len(p) for p in parts)
+
+
+def _answer(frame: tuple[int, Any], service: Any,
+            log: Callable[[str], None] | None) -> list[Any]:
+    """The answer frame (as encode_parts buffers) to one request."""
+    opcode, args = frame
+    entry = HANDLERS.get(opcode)
+    if entry is None:
+        raise ipc.IpcError(f"unknown opcode {opcode}")
+    name, fn = entry
+    if type(args) is not tuple:
+        raise ipc.IpcError("request arguments are not a tuple")
+    try:
+        result = fn(service, args)
+    except KeyServiceError as e:
+        return ipc.encode_parts(ipc.OP_ERR, (_alert(e.alert), str(e.reason)))
+    except _BadArgs:
+        return ipc.encode_parts(ipc.OP_ERR, (suites.INTERNAL_ERROR, f"bad arguments to {name}"))
+    except Exception as e:   # a bug on the key side: one log line, a generic answer
+        if log is not None:
+            log(f"tlswrapper: warning: key process: {name} failed: {type(e).__name__}")
+        return ipc.encode_parts(ipc.OP_ERR, (suites.INTERNAL_ERROR, GENERIC_REASON))
+    try:
+        return ipc.encode_parts(ipc.OP_OK, result)
+    except ipc.IpcError as e:
+        # The service answered something the pipe cannot carry: a key-side bug.
+        if log is not None:
+            log(f"tlswrapper: warning: key process: {name} answer not encodable: {e}")
+        return ipc.encode_parts(ipc.OP_ERR, (suites.INTERNAL_ERROR, GENERIC_REASON))
 
 
 def _alert(alert: Any) -> int:

@@ -13,6 +13,14 @@ directions; activate(direction) makes a direction's pending protection current (
 sequence number). The engine decides when: at ChangeCipherSpec in TLS 1.2, right after
 derive13_handshake for both directions, after its own Finished (WRITE) and after the client's
 Finished (READ) for the application keys in TLS 1.3.
+
+Round trips. Over the pipe every call that answers something costs a round trip to the key
+process, so the server flights have one call each that does a whole step on the key side
+(server_flight13; server_key_exchange12, derive12 with the client's Finished, and
+seal_finished12), and activate() and key_update(), whose answers the engine never needs, may
+be deferred by an implementation until the next call (PipeKeyService sends them in the same
+write as that call). Their errors (engine bugs: internal_error) then surface from that call;
+if no call follows, they are not made at all.
 """
 
 from __future__ import annotations
@@ -88,10 +96,23 @@ class KeyService(Protocol):
     # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False) -> None:
+                 encrypt_then_mac: bool = False,
+                 client_finished_hash: bytes | None = None) -> bytes:
         """ECDH with the client's share (ClientKeyExchange), then the master secret (extended,
         RFC 7627, when `session_hash` is given) and the key block; fills the pending protection
-        of both directions. Raises KeyServiceError(illegal_parameter) for an invalid share."""
+        of both directions. Raises KeyServiceError(illegal_parameter) for an invalid share.
+        Returns finished12(SENDER_CLIENT, client_finished_hash) when that hash is given (the
+        client's Finished expected), else b""."""
+
+    def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
+                              server_random: bytes) -> tuple[bytes, bytes]:
+        """key_share(group), then sign(scheme, client_random + server_random +
+        ServerECDHParams) as the ServerKeyExchange wants it (RFC 8422 5.4): (public share,
+        signature) in one call."""
+
+    def seal_finished12(self, handshake_hash: bytes) -> bytes:
+        """The server's Finished message (verify_data of finished12(SENDER_SERVER,
+        handshake_hash)) sealed as a handshake record with the current WRITE protection."""
 
     def finished12(self, sender: int, handshake_hash: bytes) -> bytes:
         """verify_data of the Finished message sent by `sender` (SENDER_CLIENT: 'client
@@ -104,6 +125,24 @@ class KeyService(Protocol):
         Handshake Secret, both handshake traffic secrets (transcript ClientHello..ServerHello);
         fills the pending protection of both directions with handshake keys."""
 
+    def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
+                        transcript: Sequence[bytes], hello_head: bytes,
+                        flight: Sequence[bytes], client_auth: bool,
+                        ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        """The TLS 1.3 server flight in one call. `transcript` are the handshake messages
+        before the ServerHello (ClientHello; or message_hash, HelloRetryRequest, ClientHello),
+        `hello_head` the ServerHello message but our key share, which must end it (the
+        key_share extension last), `flight` the messages after it up to our Certificate
+        (EncryptedExtensions[, CertificateRequest], Certificate). In order: key_share(group,
+        peer_share); derive13_handshake over ClientHello..ServerHello and activate both
+        directions; sign(scheme) the CertificateVerify content over ..Certificate;
+        finished13(SENDER_SERVER) over ..CertificateVerify; seal `flight`, CertificateVerify
+        and Finished (coalesced handshake records); derive13_application over ..Finished and
+        activate WRITE. Returns (our share, the CertificateVerify message, the Finished
+        message, the sealed records, the client's Finished verify_data expected over
+        ..server Finished, or b"" with `client_auth`, when it comes after the client's
+        Certificate and CertificateVerify). Raises as the calls it makes."""
+
     def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
         """verify_data of `sender`'s Finished (the current handshake traffic secret)."""
 
@@ -113,11 +152,11 @@ class KeyService(Protocol):
 
     def key_update(self, direction: int) -> None:
         """TLS 1.3 KeyUpdate: next generation of `direction`'s application traffic secret,
-        made current at once (sequence number reset)."""
+        made current at once (sequence number reset). May be deferred (see the top)."""
 
     # --- records ----------------------------------------------------------------------------
     def activate(self, direction: int) -> None:
-        """Make `direction`'s pending protection current."""
+        """Make `direction`'s pending protection current. May be deferred (see the top)."""
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
         """Protect each (content_type, plaintext) with the current WRITE protection and return

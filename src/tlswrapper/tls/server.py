@@ -29,7 +29,7 @@ from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientH
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
-from .secrets import (READ, SENDER_CLIENT, SENDER_SERVER, WRITE, Candidate, KeyService,
+from .secrets import (READ, SENDER_CLIENT, WRITE, Candidate, KeyService,
                       KeyServiceError, Unusable)
 from .wire import DecodeError, Reader, handshake_message
 
@@ -743,8 +743,10 @@ class ServerConnection:
         if len(peer_share) != expected:
             raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(peer_share)} bytes for "
                          f"group {suites.GROUP_LABELS[self.group]}")
-        our_share = self.keys.key_share(self.group, peer_share)
         self._server_random = self._random(32)
+        # Our key share is the last thing in the ServerHello (key_share, the last extension,
+        # ends with it): the key side makes it and appends it to `hello_head`.
+        share_size = suites.KEY_SHARE_SIZES[self.group][1]
         server_hello = m.ServerHello(
             legacy_version=suites.TLS12, random=self._server_random,
             session_id=hello.session_id, cipher_suite=self.suite.code,
@@ -752,27 +754,14 @@ class ServerConnection:
                 m.Extension(suites.EXT_SUPPORTED_VERSIONS,
                             m.build_supported_versions_server(suites.TLS13)),
                 m.Extension(suites.EXT_KEY_SHARE,
-                            m.build_key_share_server(self.group, our_share)),
+                            m.build_key_share_server(self.group, bytes(share_size))),
             ))
-        msg = handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(server_hello))
-        self._transcript.append(msg)
-        self._send_handshake([msg])
-        if hello.session_id and not self._ccs_sent:
-            # RFC 8446 D.4: middlebox compatibility mode.
-            self._send_change_cipher_spec()
-            self._ccs_sent = True
-        self.keys.derive13_handshake(self.suite.code, self._transcript_hash())
-        self.keys.activate(WRITE)
-        self.keys.activate(READ)
-        self._protected_write = self._protected_read = True
-        self._reader.limit = suites.MAX_CIPHERTEXT_13
-
-        flight = []
-        ee = handshake_message(suites.HS_ENCRYPTED_EXTENSIONS,
-                               m.build_encrypted_extensions(m.EncryptedExtensions(())))
-        flight.append(ee)
-        self._transcript.append(ee)
-        if self.config.request_client_certificate:
+        hello_head = handshake_message(suites.HS_SERVER_HELLO,
+                                       m.build_server_hello(server_hello))[:-share_size]
+        flight = [handshake_message(suites.HS_ENCRYPTED_EXTENSIONS,
+                                    m.build_encrypted_extensions(m.EncryptedExtensions(())))]
+        client_auth = self.config.request_client_certificate
+        if client_auth:
             # RFC 8446 4.3.2: an empty context (no post-handshake auth), our schemes, and the
             # anchors' names so that the client can pick its certificate.
             extensions = [m.Extension(suites.EXT_SIGNATURE_ALGORITHMS,
@@ -781,33 +770,33 @@ class ServerConnection:
                 extensions.append(m.Extension(suites.EXT_CERTIFICATE_AUTHORITIES,
                                               m.build_certificate_authorities(
                                                   self.config.client_ca_names)))
-            cr = handshake_message(suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request13(
-                m.CertificateRequest13(b"", tuple(extensions))))
-            flight.append(cr)
-            self._transcript.append(cr)
-        cert = handshake_message(suites.HS_CERTIFICATE, m.build_certificate13(
-            m.Certificate13(b"", tuple((der, b"") for der in self._candidate.chain))))
-        flight.append(cert)
-        self._transcript.append(cert)
-        content = (b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00"
-                   + self._transcript_hash())
-        signature = self.keys.sign(self.scheme, content)
-        cv = handshake_message(suites.HS_CERTIFICATE_VERIFY, m.build_certificate_verify(
-            m.CertificateVerify(self.scheme, signature)))
-        flight.append(cv)
-        self._transcript.append(cv)
-        verify_data = self.keys.finished13(SENDER_SERVER, self._transcript_hash())
-        fin = handshake_message(suites.HS_FINISHED, m.build_finished(m.Finished(verify_data)))
-        flight.append(fin)
-        self._transcript.append(fin)
-        self._send_handshake(flight)
-        th = self._transcript_hash()
-        if not self.config.request_client_certificate:
-            self._expected_client_finished = self.keys.finished13(SENDER_CLIENT, th)
-        self.keys.derive13_application(th)
-        self.keys.activate(WRITE)
-        self.state = State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
-            else State.WAIT_FINISHED
+            flight.append(handshake_message(
+                suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request13(
+                    m.CertificateRequest13(b"", tuple(extensions)))))
+        flight.append(handshake_message(suites.HS_CERTIFICATE, m.build_certificate13(
+            m.Certificate13(b"", tuple((der, b"") for der in self._candidate.chain)))))
+        # One round trip: key exchange, handshake keys (both directions active), signature,
+        # our Finished, the sealed flight, application keys (WRITE active).
+        our_share, certificate_verify, finished, records, client_verify = \
+            self.keys.server_flight13(self.group, peer_share, self.suite.code, self.scheme,
+                                      self._transcript, hello_head, flight, client_auth)
+        if len(our_share) != share_size:
+            raise _Abort(suites.INTERNAL_ERROR, "key share of the wrong size from the key side")
+        msg = hello_head + our_share
+        self._transcript.append(msg)
+        self._out.append(plaintext_records(suites.HANDSHAKE, self._record_version, msg))
+        if hello.session_id and not self._ccs_sent:
+            # RFC 8446 D.4: middlebox compatibility mode.
+            self._send_change_cipher_spec()
+            self._ccs_sent = True
+        self._protected_write = self._protected_read = True
+        self._reader.limit = suites.MAX_CIPHERTEXT_13
+        self._transcript += flight
+        self._transcript.append(certificate_verify)
+        self._transcript.append(finished)
+        self._out.append(records)
+        self._expected_client_finished = client_verify
+        self.state = State.WAIT_CLIENT_CERTIFICATE if client_auth else State.WAIT_FINISHED
 
     def _key_update(self, body: bytes) -> None:
         self._require_record_boundary("KeyUpdate")
@@ -846,10 +835,8 @@ class ServerConnection:
         flight = [handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(server_hello)),
                   handshake_message(suites.HS_CERTIFICATE, m.build_certificate12(
                       m.Certificate12(tuple(self._candidate.chain))))]
-        public = self.keys.key_share(self.group)
-        params = m.ecdhe_params(self.group, public)
-        signature = self.keys.sign(self.scheme, self._client_random + self._server_random
-                                   + params)
+        public, signature = self.keys.server_key_exchange12(
+            self.group, self.scheme, self._client_random, self._server_random)
         wire_scheme = self.scheme if self.version >= suites.TLS12 else None
         flight.append(handshake_message(suites.HS_SERVER_KEY_EXCHANGE,
                                         m.build_server_key_exchange(m.ServerKeyExchangeECDHE(
@@ -874,14 +861,17 @@ class ServerConnection:
         if len(cke.public) != suites.KEY_SHARE_SIZES[self.group][0]:
             raise _Abort(suites.ILLEGAL_PARAMETER, "client key share of the wrong size")
         self._transcript.append(whole)
-        session_hash = self._transcript_hash() if self._ems else None
-        self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
-                           self._server_random, session_hash, self._etm)
+        transcript_hash = self._transcript_hash()
+        # Without a client certificate the client's Finished covers the transcript up to
+        # here, as the extended master secret's session hash does (RFC 7627 3).
+        expected = self.keys.derive12(
+            self.version, self.suite.code, cke.public, self._client_random,
+            self._server_random, transcript_hash if self._ems else None, self._etm,
+            None if self._client_chain else transcript_hash)
         if self._client_chain:
             self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
             return
-        self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
-                                                              self._transcript_hash())
+        self._expected_client_finished = expected
         self.state = State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ client certificate
@@ -955,9 +945,7 @@ class ServerConnection:
             self._send_change_cipher_spec()
             self.keys.activate(WRITE)
             self._protected_write = True
-            verify_data = self.keys.finished12(SENDER_SERVER, self._transcript_hash())
-            self._send_handshake([handshake_message(
-                suites.HS_FINISHED, m.build_finished(m.Finished(verify_data)))])
+            self._out.append(self.keys.seal_finished12(self._transcript_hash()))
         self._early_data_offered = False
         self.state = State.CONNECTED
         self._transcript = []
