@@ -32,16 +32,17 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
-import re
 import signal
 import socket
 import stat
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 from . import log
+
+TYPE_CHECKING = False      # typing is imported by type checkers only (it costs milliseconds)
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
 
 EXIT_FAILURE = 111       # our failure, or prog killed by a signal
 MAX_MESSAGE = 65536
@@ -57,7 +58,14 @@ ALLOWED_ENV = frozenset(TCP_ENV + SSL_ENV + ("TCPLOCALHOST", "TCPREMOTEHOST", "T
 
 # An account name from a client certificate (-U): conservative portable user-name characters,
 # plus '@' for emailAddress; no leading '-' (it would read as an option to tools) or '.'.
-_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._@+-]{0,255}")
+_ACCOUNT_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_ACCOUNT_CHARS = _ACCOUNT_FIRST | frozenset(".@+-")
+MAX_ACCOUNT = 256
+
+
+def _account_ok(name: str) -> bool:
+    return len(name) <= MAX_ACCOUNT and name[:1] in _ACCOUNT_FIRST \
+        and _ACCOUNT_CHARS.issuperset(name)
 
 # fds prog gets with -n (SPEC section 3): it writes its zero byte to 5, reads the ack from 6.
 CONTROL_FD = 5
@@ -87,18 +95,22 @@ def exit_code(status: int) -> int:
     return EXIT_FAILURE
 
 
-@dataclass
 class Prog:
     """The network process's handle on prog. All fds are the parent's ends of the pipes."""
-    pid: int
-    argv: tuple[str, ...]
-    stdin: int                 # write: cleartext for prog's stdin (-1 once closed)
-    stdout: int                # read: prog's stdout (-1 once closed)
-    control: int | None        # write: the go-ahead pipe; None once used
-    control_in: int | None = None   # -n: read the zero byte prog writes on its fd 5
-    ack_out: int | None = None      # -n: write the zero byte prog reads on its fd 6
-    status: int | None = field(default=None)   # exit code once reaped
-    waiter: bool = False            # the child is the shell WAITER (text go-ahead, no account)
+
+    def __init__(self, pid: int, argv: tuple[str, ...], stdin: int, stdout: int,
+                 control: int | None, control_in: int | None = None,
+                 ack_out: int | None = None, status: int | None = None,
+                 waiter: bool = False) -> None:
+        self.pid = pid
+        self.argv = argv
+        self.stdin = stdin           # write: cleartext for prog's stdin (-1 once closed)
+        self.stdout = stdout         # read: prog's stdout (-1 once closed)
+        self.control = control       # write: the go-ahead pipe; None once used
+        self.control_in = control_in  # -n: read the zero byte prog writes on its fd 5
+        self.ack_out = ack_out       # -n: write the zero byte prog reads on its fd 6
+        self.status = status         # exit code once reaped
+        self.waiter = waiter         # the child is the shell WAITER (text go-ahead, no account)
 
     def parent_fds(self) -> tuple[int, ...]:
         """Every fd of ours tied to prog. Any other process forked from here (the key
@@ -464,7 +476,7 @@ def _read_message(fd: int) -> tuple[str, str, dict[str, str]] | None:
     except UnicodeDecodeError:
         log.fatal("malformed go-ahead message")
         return None
-    if account and not _ACCOUNT_RE.fullmatch(account):
+    if account and not _account_ok(account):
         log.fatal(f"account name '{log.escape(account)}' refused")
         return None
     env: dict[str, str] = {}

@@ -510,6 +510,14 @@ class Relay:
                 self._write_prog()
         return self._finish()
 
+    def _close_keys(self) -> None:
+        """The key process sees end of file and exits: reap it (else it is left to init, and
+        its CPU time is counted nowhere under tcpserver or the listener)."""
+        try:
+            self.keys.close()
+        except (OSError, KeyProcessDied):
+            pass
+
     def _finish(self) -> int:
         if self.client_sock is not None:
             # fd 1 stays open until the process exits; the wrapper must not close it.
@@ -528,9 +536,11 @@ class Relay:
         if not self.started:
             self.prog.abort()
             self.prog.wait()
+            self._close_keys()
             return EXIT_FATAL
         self.prog.close()   # -n: fd 5 and 6 too, so that a prog awaiting the ack sees EOF
         status = self.prog.wait(timeout=self.options.timeout)
+        self._close_keys()
         if self.failed and status is None:
             return EXIT_FATAL
         return EXIT_FATAL if status is None else status
