@@ -176,14 +176,17 @@ def parse_public(sealed: SealedPem) -> tuple[tuple[bytes, ...], str, int]:
     if sealed.key_labels[0] not in (b"PRIVATE KEY", b"RSA PRIVATE KEY", b"EC PRIVATE KEY"):
         raise PemError(f"unsupported key format {sealed.key_labels[0].decode('ascii', 'replace')}")
     chain = []
+    leaf = None
     for block in sealed.certificates:
         try:
             cert = x509.load_pem_x509_certificate(block)
         except ValueError as e:
             raise PemError(f"bad certificate: {e}") from None
         chain.append(cert.public_bytes(serialization.Encoding.DER))
+        if leaf is None:
+            leaf = cert
     try:
-        leaf_key = x509.load_der_x509_certificate(chain[0]).public_key()
+        leaf_key = leaf.public_key()
     except (ValueError, TypeError) as e:
         raise PemError(f"bad certificate key: {e}") from None
     key_type, bits = _key_type(leaf_key)
