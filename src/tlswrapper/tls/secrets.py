@@ -25,8 +25,16 @@ if no call follows, they are not made at all.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol, Sequence
+from .frozen import Frozen, init
+
+# Neither typing nor dataclasses at run time (each tcpserver-mode connection imports this
+# module): for the type checker KeyService is a Protocol, at run time a plain class.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Protocol
+else:
+    Protocol = object
 
 READ = 0    # records from the client
 WRITE = 1   # records to the client
@@ -45,24 +53,33 @@ class KeyServiceError(Exception):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Frozen):
     """A certificate file as the key side read it: its public chain (DER, leaf first) and the
     type of its private key (suites.KEY_RSA, KEY_EC_P256, KEY_EC_P384, KEY_EC_P521). `bits` is
     the RSA modulus size (0 for EC keys)."""
 
+    __slots__ = ("chain", "key_type", "bits")
     chain: tuple[bytes, ...]
     key_type: str
-    bits: int = 0
+    bits: int
+
+    def __init__(self, chain: tuple[bytes, ...], key_type: str, bits: int = 0) -> None:
+        init(self, "chain", chain)
+        init(self, "key_type", key_type)
+        init(self, "bits", bits)
 
 
-@dataclass(frozen=True)
-class Unusable:
+class Unusable(Frozen):
     """A certificate file that cannot be used, and why (for the log): 'missing' when the
     file does not exist, else a reason such as 'key does not match certificate'."""
 
+    __slots__ = ("reason", "missing")
     reason: str
-    missing: bool = False
+    missing: bool
+
+    def __init__(self, reason: str, missing: bool = False) -> None:
+        init(self, "reason", reason)
+        init(self, "missing", missing)
 
 
 class KeyService(Protocol):

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from enum import Enum, auto
-from secrets import token_bytes
-from typing import Callable, Sequence
+import os
 
 from . import messages as m
 from . import suites
@@ -32,6 +30,11 @@ from .record import (HandshakeReassembler, RecordReader, plaintext_records, reco
 from .secrets import (READ, SENDER_CLIENT, WRITE, Candidate, KeyService,
                       KeyServiceError, Unusable)
 from .wire import DecodeError, Reader, handshake_message
+
+# No typing, enum or secrets at run time: each tcpserver-mode connection imports this module.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 # Bounds against a client that keeps us busy without progress.
 MAX_EMPTY_RECORDS = 32          # consecutive empty application_data records
@@ -53,17 +56,32 @@ _CERT_CURVE = {suites.KEY_EC_P256: suites.SECP256R1, suites.KEY_EC_P384: suites.
                suites.KEY_EC_P521: suites.SECP521R1}
 
 
-class State(Enum):
-    START = auto()              # waiting for ClientHello
-    CHOOSE_CERTIFICATE = auto()  # ClientHello reported, waiting for choose_certificate()
-    WAIT_CLIENT_HELLO_2 = auto()  # 1.3: HelloRetryRequest sent
-    WAIT_CLIENT_CERTIFICATE = auto()   # -a: CertificateRequest sent (1.2 and 1.3)
-    WAIT_CLIENT_KEY_EXCHANGE = auto()  # 1.2
-    WAIT_CLIENT_CERTIFICATE_VERIFY = auto()  # -a: client Certificate accepted (1.2 and 1.3)
-    WAIT_CHANGE_CIPHER_SPEC = auto()   # 1.2
-    WAIT_FINISHED = auto()      # 1.2 and 1.3
-    CONNECTED = auto()
-    FAILED = auto()
+class _StateValue:
+    """One state of State: compared by identity, `name` for the log (as an Enum member's)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<State.{self.name}>"
+
+
+class State:
+    START = _StateValue("START")              # waiting for ClientHello
+    CHOOSE_CERTIFICATE = _StateValue("CHOOSE_CERTIFICATE")  # ClientHello reported, waiting
+    #                                         for choose_certificate()
+    WAIT_CLIENT_HELLO_2 = _StateValue("WAIT_CLIENT_HELLO_2")  # 1.3: HelloRetryRequest sent
+    WAIT_CLIENT_CERTIFICATE = _StateValue("WAIT_CLIENT_CERTIFICATE")  # -a: CertificateRequest
+    #                                         sent (1.2 and 1.3)
+    WAIT_CLIENT_KEY_EXCHANGE = _StateValue("WAIT_CLIENT_KEY_EXCHANGE")  # 1.2
+    WAIT_CLIENT_CERTIFICATE_VERIFY = _StateValue("WAIT_CLIENT_CERTIFICATE_VERIFY")  # -a: client
+    #                                         Certificate accepted (1.2 and 1.3)
+    WAIT_CHANGE_CIPHER_SPEC = _StateValue("WAIT_CHANGE_CIPHER_SPEC")  # 1.2
+    WAIT_FINISHED = _StateValue("WAIT_FINISHED")  # 1.2 and 1.3
+    CONNECTED = _StateValue("CONNECTED")
+    FAILED = _StateValue("FAILED")
 
 
 # Handshake messages accepted in each state; anything else is unexpected_message.
@@ -95,7 +113,7 @@ class _Abort(Exception):
 
 class ServerConnection:
     def __init__(self, config: ServerConfig, keys: KeyService,
-                 random: Callable[[int], bytes] = token_bytes) -> None:
+                 random: Callable[[int], bytes] = os.urandom) -> None:
         self.config = config
         self.keys = keys
         self._random = random
