@@ -312,14 +312,14 @@ def idle_memory(server: Server, version: str) -> dict:
     conn.recv(4096)
     time.sleep(0.3)
     # The listener's spares (a network process, key process and prog started ahead of a
-    # connection, not jailed until they get one) belong to the listener's own cost.
+    # connection, waiting for its socket) belong to the listener's own cost.
     procs, spares = [], []
     for kid in _children(server.proc.pid):
         try:
-            jailed = os.readlink(f"/proc/{kid}/root") != "/"
+            serving = os.readlink(f"/proc/{kid}/fd/0").startswith("socket:")
         except OSError:
             continue
-        (procs if jailed else spares).extend([kid, *_descendants(kid)])
+        (procs if serving else spares).extend([kid, *_descendants(kid)])
     pss = rss = uss = 0
     for pid in procs:
         p, r, u = _rollup(pid)

@@ -13,7 +13,10 @@ from typing import Any, Callable
 
 import pytest
 
-# Everything the jailed child uses must be imported before the jail: nothing loads after it.
+# Everything the jailed child uses must be imported before the jail: nothing loads after it
+# (cryptography's OpenSSL backend module too: its Rust code imports it on first use, as
+# keys/local.py knows).
+import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -281,3 +284,43 @@ def test_make_jail_dir(tmp_path: Path) -> None:
     Path(path, "f").touch()
     with pytest.raises(JailError):
         make_jail_dir(path)
+
+
+def _files_then_closed() -> dict[str, Any]:
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    r, w = os.pipe()            # a descriptor can still arrive (numbers below the limit)
+    os.close(r)
+    os.close(w)
+    jailmod.close_files()
+    after = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        os.pipe()
+        more = True
+    except OSError:
+        more = False
+    return {"before": list(before), "after": list(after), "more": more}
+
+
+@needs_root
+def test_jail_with_files_left_then_closed(jail_dir: str) -> None:
+    """The listener's spare: jailed with RLIMIT_NOFILE still 16 (its client socket must still
+    arrive), then close_files() drops it to 0 before the first client byte."""
+    prepare()
+    report_r, report_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            jail(None, jail_dir, files=16)
+            result = {"ok": True, **_files_then_closed()}
+        except BaseException as e:   # noqa: BLE001
+            result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
+        os.write(report_w, json.dumps(result).encode())
+        os._exit(0)
+    os.close(report_w)
+    data = b""
+    while chunk := os.read(report_r, 4096):
+        data += chunk
+    os.close(report_r)
+    os.waitpid(pid, 0)
+    result = json.loads(data)
+    assert result == {"ok": True, "before": [16, 16], "after": [0, 0], "more": False}

@@ -3,7 +3,7 @@
 Each test starts the listener as a subprocess on a free port and drives it with Python's ssl
 client; the connection's processes are found through /proc (children of the listener: one
 network process per connection, whose children are its key process and prog; and the spares,
-the same three processes started ahead of a connection, not jailed until they get one).
+the same three processes started ahead of a connection: jailed, but no client socket).
 """
 
 from __future__ import annotations
@@ -120,17 +120,17 @@ class Listener:
         self.proc.stderr.close()
 
     def network_processes(self) -> list[int]:
-        """The network processes serving a connection: the listener's children that have
-        jailed themselves (its spares, waiting for a connection, are not jailed yet)."""
-        return [pid for pid in children(self.proc.pid) if _jailed(pid)]
+        """The network processes serving a connection: the listener's children whose fd 0 is
+        the client socket (its spares, waiting for a connection, have the listener's stdin)."""
+        return [pid for pid in children(self.proc.pid) if _serving(pid)]
 
     def spares(self) -> list[int]:
-        return [pid for pid in children(self.proc.pid) if not _jailed(pid)]
+        return [pid for pid in children(self.proc.pid) if not _serving(pid)]
 
 
-def _jailed(pid: int) -> bool:
+def _serving(pid: int) -> bool:
     try:
-        return root_of(pid) == JAIL_DIR
+        return os.readlink(f"/proc/{pid}/fd/0").startswith("socket:")
     except OSError:
         return False
 
@@ -358,15 +358,29 @@ def _tcp_inodes() -> set[str]:
     return out
 
 
-def test_spares_wait_unjailed_without_any_client_socket(pki) -> None:
+def _limits(pid: int) -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
+        parts = line[26:].split()
+        out[line[:26].strip()] = (parts[0], parts[1])
+    return out
+
+
+def test_spares_wait_jailed_without_any_client_socket(pki) -> None:
     """The spares hold a key process and prog's waiting child each, and nothing of a client
-    (no TCP socket at all) until the listener hands one its connection; then it jails."""
+    (no TCP socket at all) until the listener hands one its connection. They wait jailed,
+    but for RLIMIT_NOFILE (the socket must still arrive), which drops to 0 once it has."""
     port = free_port()
     with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
         spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        wait_until(lambda: all(root_of(pid) == JAIL_DIR for pid in spares), what="jailed")
         tcp = _tcp_inodes()
         for pid in spares:
-            assert uid_of(pid) == 0 and root_of(pid) == "/"      # not jailed yet
+            assert uid_of(pid) != 0 and root_of(pid) == JAIL_DIR
+            limits = _limits(pid)
+            assert limits["Max processes"] == ("0", "0") and limits["Max core file size"] == (
+                "0", "0")
+            assert int(limits["Max open files"][0]) > 0
             assert not _socket_inodes(pid) & tcp, "a spare holds no TCP socket"
             assert len(children(pid)) == 2       # its key process and prog's child
         with tls_connect(port) as conn:
@@ -374,6 +388,7 @@ def test_spares_wait_unjailed_without_any_client_socket(pki) -> None:
             (serving,) = srv.network_processes()
             assert serving in spares, "the connection went to a spare started before it"
             assert uid_of(serving) != 0
+            assert _limits(serving)["Max open files"] == ("0", "0")
             # The spare used is replaced.
             wait_until(lambda: len(srv.spares()) == 2, what="the spare to be replaced")
         wait_until(lambda: not srv.network_processes(), what="the connection to end")

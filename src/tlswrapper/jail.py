@@ -201,12 +201,14 @@ def _check_jail_dir(jail_dir: str) -> os.stat_result:
 
 
 def jail(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR, *,
-         as_limit: int | None = None) -> Account:
+         as_limit: int | None = None, files: int = 0) -> Account:
     """Jail the calling process for good; returns the account it now runs as.
 
     `account` is the -j name (or an Account looked up before), None for a random id. Raises
     JailError on any failure: the process is then in an unknown half-jailed state and must
-    exit (111) without touching client data."""
+    exit (111) without touching client data. `files` > 0 leaves RLIMIT_NOFILE at that value
+    (hard and soft) for one more descriptor to arrive (the listener's spare receives its
+    client socket jailed); close_files() then lowers it to 0."""
     prepare()
     acct = choose_account(account)
     root_st = _check_jail_dir(jail_dir)
@@ -220,7 +222,7 @@ def jail(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR,
         step = "setrlimit RLIMIT_NPROC"
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
         step = "setrlimit RLIMIT_NOFILE"
-        resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (files, files))
         step = f"chroot to {jail_dir}"
         os.chroot(jail_dir)
         step = "chdir to /"
@@ -237,11 +239,21 @@ def jail(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR,
         raise JailError(f"unable to {step} ({_reason(e)})") from None
     except ValueError as e:       # setrlimit with a value above the current hard limit
         raise JailError(f"unable to {step} ({e})") from None
-    _verify(acct, root_st, limit)
+    _verify(acct, root_st, limit, files)
     return acct
 
 
-def _verify(acct: Account, root_st: os.stat_result, limit: int) -> None:
+def close_files() -> None:
+    """The last step of a jail(files=N): RLIMIT_NOFILE to 0, checked. Raises JailError."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
+    except (OSError, ValueError) as e:
+        raise JailError(f"unable to setrlimit RLIMIT_NOFILE ({e})") from None
+    if resource.getrlimit(resource.RLIMIT_NOFILE) != (0, 0):
+        raise JailError("jail verification failed: RLIMIT_NOFILE is not 0")
+
+
+def _verify(acct: Account, root_st: os.stat_result, limit: int, files: int = 0) -> None:
     """Check that each step took effect; trust nothing that only returned without error."""
     def fail(what: str) -> JailError:
         return JailError(f"jail verification failed: {what}")
@@ -253,7 +265,7 @@ def _verify(acct: Account, root_st: os.stat_result, limit: int) -> None:
             raise fail(f"gids are {os.getresgid()}")
         if os.getgroups() != [acct.gid]:
             raise fail(f"groups are {os.getgroups()}")
-        for res, want in ((resource.RLIMIT_NOFILE, 0), (resource.RLIMIT_NPROC, 0),
+        for res, want in ((resource.RLIMIT_NOFILE, files), (resource.RLIMIT_NPROC, 0),
                           (resource.RLIMIT_CORE, 0), (resource.RLIMIT_AS, limit)):
             if resource.getrlimit(res) != (want, want):
                 raise fail(f"rlimit {res} is {resource.getrlimit(res)}")

@@ -197,9 +197,10 @@ def _receive_connection(sock: socket.socket) -> int | None:
 
 
 def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options) -> NoReturn:
-    """In a forked spare: start the connection's key process and prog ahead of time, wait for
-    the listener to pass the client socket, then become `tlswrapper` under tcpserver for it
-    (jail, handshake, relay) and exit with its status. Never returns into the listener."""
+    """In a forked spare: start the connection's key process and prog ahead of time, jail
+    (all but RLIMIT_NOFILE, see Prepared.jail_ahead), wait for the listener to pass the client
+    socket, then become `tlswrapper` under tcpserver for it (RLIMIT_NOFILE 0, handshake,
+    relay) and exit with its status. Never returns into the listener."""
     code = EXIT_FAILURE
     try:
         signal.set_wakeup_fd(-1)
@@ -215,11 +216,20 @@ def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options) 
             prepared = relay.prepare(options)
         except relay.StartError as e:
             error = str(e)        # reported with the connection it fails, as under tcpserver
+        if prepared is not None:
+            try:
+                prepared.jail_ahead()
+            except jail.JailError as e:
+                prepared = None   # half-jailed: it must not serve; the connection is told
+                error = f"unable to create jail: {e}"
         fd = _receive_connection(sock)
         sock.close()
         if fd is None:
             if prepared is not None:
-                prepared.abandon()
+                try:
+                    prepared.abandon()
+                except Exception:   # noqa: BLE001 -- exiting anyway; EOF ends the others
+                    pass
             os._exit(0)
         conn = socket.socket(fileno=fd)
         try:

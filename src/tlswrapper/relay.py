@@ -590,6 +590,18 @@ class Prepared:
             raise StartError(str(e)) from None
         self.config = config
         self.conn = ServerConnection(config, self.keys)
+        self.jailed = False
+
+    def jail_ahead(self) -> None:
+        """Jail now, before the client socket exists here, all but the last step: one more
+        descriptor may still arrive (the listener passes the socket); serve() then lowers
+        RLIMIT_NOFILE to 0 before the first byte is read. Raises JailError."""
+        try:
+            highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        except (OSError, ValueError):
+            highest = 1023
+        jail.jail(self.account, self.jail_dir, files=highest + 2)
+        self.jailed = True
 
     def abandon(self) -> None:
         """No client came (the listener stopped): prog's child exits without running prog,
@@ -597,7 +609,10 @@ class Prepared:
         if self.prog is not None:
             self.prog.abort()
             self.prog.close()
-        self.keys.close()
+        try:
+            self.keys.close()
+        except (OSError, KeyProcessDied):
+            pass
 
     def serve(self, addresses: dict[str, str]) -> int:
         """Jail, then serve the client on fd 0/1; returns the exit status (prog's, or 111).
@@ -606,7 +621,10 @@ class Prepared:
         relay = Relay(self.conn, self.keys, prog, options)
         relay.env = addresses
         try:
-            jail.jail(self.account, self.jail_dir)
+            if self.jailed:
+                jail.close_files()
+            else:
+                jail.jail(self.account, self.jail_dir)
         except jail.JailError as e:
             log.fatal(f"unable to create jail: {e}")
             prog.abort()
