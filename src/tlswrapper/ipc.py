@@ -27,9 +27,12 @@ from __future__ import annotations
 
 import os
 import struct
-from typing import Any, Union
-
 from tlswrapper.tls.secrets import Candidate, Unusable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:      # typing is not imported at run time (tcpserver mode pays for imports)
+    from typing import Any, Union
+    Value = Union[None, bool, int, bytes, str, list, tuple]
 
 # A batch of 16 records of 16 KiB plus their headers and tags is ~260 KiB; 8 MiB leaves
 # room for batches of ~500 full records and still bounds what one frame can make us buffer.
@@ -70,9 +73,6 @@ OP_OK = 0x80
 OP_ERR = 0x81
 
 _N, _T, _F, _I, _B, _S, _L, _U = (ord(c) for c in "NTFIBSLU")
-
-Value = Union[None, bool, int, bytes, str, list, tuple]
-
 
 class IpcError(Exception):
     """A frame that is malformed, over a limit, or cut short; or a value that cannot be

@@ -11,12 +11,17 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable, Sequence
 
 from tlswrapper import ipc
 from tlswrapper.keys import service as key_service
 from tlswrapper.tls import suites
 from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+
+# typing is not imported at run time (each tcpserver-mode connection imports this module).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any
 
 PR_SET_PDEATHSIG = 1
 # How long close() waits for the key process to exit after EOF before killing it.

@@ -7,11 +7,16 @@ malformed frame ends the process, a failing call becomes an error answer, never 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
 
 from tlswrapper import ipc
 from tlswrapper.tls import suites
 from tlswrapper.tls.secrets import KeyServiceError
+
+# typing is not imported at run time (each tcpserver-mode connection imports this module).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 # The reason sent for an unexpected exception: the details stay in the key process's log
 # line, which names only the method and the exception type (a message could carry secrets).
