@@ -222,6 +222,9 @@ def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options) 
             except jail.JailError as e:
                 prepared = None   # half-jailed: it must not serve; the connection is told
                 error = f"unable to create jail: {e}"
+        if prepared is not None:
+            from .warmup import network_side
+            network_side(prepared.config)    # pages copied now, not while a client waits
         fd = _receive_connection(sock)
         sock.close()
         if fd is None:
@@ -430,7 +433,7 @@ def prepare_imports() -> None:
     """Everything a connection needs, imported (and initialised) once, before the first
     fork: the relay and engine, the key process's code and cryptography's backend, libc for
     prctl. A forked child then loads nothing."""
-    from . import relay  # noqa: F401
+    from . import relay, warmup  # noqa: F401
     from .keys import local  # noqa: F401
     try:
         from . import clientcert  # noqa: F401  (-a: imported per connection otherwise)
