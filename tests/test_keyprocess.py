@@ -70,10 +70,15 @@ class Fake:
         return b"share" + (peer_share or b"-")
 
     def derive12(self, version, suite, peer_share, client_random, server_random,
-                 session_hash, encrypt_then_mac=False, client_finished_hash=None):
+                 session_hash, encrypt_then_mac=False):
         self._log("derive12", version, suite, peer_share, client_random, server_random,
-                  session_hash, encrypt_then_mac, client_finished_hash)
-        return b"" if client_finished_hash is None else b"cf" + client_finished_hash
+                  session_hash, encrypt_then_mac)
+
+    def derive12_finished(self, version, suite, peer_share, client_random, server_random,
+                          transcript, extended_master_secret, encrypt_then_mac):
+        self._log("derive12_finished", version, suite, peer_share, client_random,
+                  server_random, transcript, extended_master_secret, encrypt_then_mac)
+        return b"cf", b"record"
 
     def server_key_exchange12(self, group, scheme, client_random, server_random):
         self._log("server_key_exchange12", group, scheme, client_random, server_random)
@@ -144,8 +149,10 @@ def test_every_method(fake_ks):
     assert ks.sign(0x0403, b"data") == b"\x04\x03data"
     assert ks.key_share(suites.X25519) == b"share-"
     assert ks.key_share(suites.X25519, b"peer") == b"sharepeer"
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None) == b""
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True, b"fh") == b"cffh"
+    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None) is None
+    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True) is None
+    assert ks.derive12_finished(suites.TLS12, 0xC02B, b"p", b"c", b"s", [b"ch", b"cke"],
+                                True, False) == (b"cf", b"record")
     assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
     assert ks.seal_finished12(b"hh") == b"sfhh"
     assert ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
@@ -165,8 +172,10 @@ def test_every_method(fake_ks):
     assert calls == [
         ("load", ["a", "b/\udcff"]), ("select", 2),
         ("key_share", suites.X25519, None), ("key_share", suites.X25519, b"peer"),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None, False, None),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True, b"fh"),
+        ("derive12", suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None, False),
+        ("derive12", suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True),
+        ("derive12_finished", suites.TLS12, 0xC02B, b"p", b"c", b"s", [b"ch", b"cke"], True,
+         False),
         ("server_key_exchange12", suites.SECP256R1, 0x0403, b"c", b"s"),
         ("server_flight13", suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
          [b"ee", b"cert"], False),

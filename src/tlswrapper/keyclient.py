@@ -197,11 +197,18 @@ class PipeKeyService:
 
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False,
-                 client_finished_hash: bytes | None = None) -> bytes:
+                 encrypt_then_mac: bool = False) -> None:
         args = (version, suite, peer_share, client_random, server_random, session_hash,
-                bool(encrypt_then_mac), client_finished_hash)
-        return self._check("derive12", self._call("derive12", args), _bytes)
+                bool(encrypt_then_mac))
+        self._check("derive12", self._call("derive12", args), _none)
+
+    def derive12_finished(self, version: int, suite: int, peer_share: bytes,
+                          client_random: bytes, server_random: bytes,
+                          transcript: Sequence[bytes], extended_master_secret: bool,
+                          encrypt_then_mac: bool) -> tuple[bytes, bytes]:
+        args = (version, suite, peer_share, client_random, server_random,
+                _records(transcript), bool(extended_master_secret), bool(encrypt_then_mac))
+        return self._check("derive12_finished", self._call("derive12_finished", args), _pair)
 
     def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
                         transcript: Sequence[bytes], hello_head: bytes,

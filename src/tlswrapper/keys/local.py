@@ -246,8 +246,7 @@ class LocalKeyService:
     # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False,
-                 client_finished_hash: bytes | None = None) -> bytes:
+                 encrypt_then_mac: bool = False) -> None:
         cs = suites.SUITES.get(suite)
         if cs is None or not cs.version_min <= version <= cs.version_max \
                 or version == suites.TLS13:
@@ -278,15 +277,36 @@ class LocalKeyService:
             version, cs, block.client_key, block.client_iv, block.client_mac_key, etm)
         self._pending[secrets.WRITE] = protect.new_protection(
             version, cs, block.server_key, block.server_iv, block.server_mac_key, etm)
-        if client_finished_hash is None:
-            return b""
-        return self.finished12(secrets.SENDER_CLIENT, client_finished_hash)
 
     def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
                               server_random: bytes) -> tuple[bytes, bytes]:
         public = self.key_share(group)
         params = messages.ecdhe_params(group, public)
         return public, self.sign(scheme, client_random + server_random + params)
+
+    def derive12_finished(self, version: int, suite: int, peer_share: bytes,
+                          client_random: bytes, server_random: bytes,
+                          transcript: Sequence[bytes], extended_master_secret: bool,
+                          encrypt_then_mac: bool) -> tuple[bytes, bytes]:
+        cs = suites.SUITES.get(suite)
+        if cs is None:
+            raise KeyServiceError(suites.INTERNAL_ERROR, f"unknown suite {suite:#06x}")
+        # RFC 5246 7.4.9 (RFC 2246 7.4.9 below TLS 1.2: MD5 || SHA-1).
+        hashes_ = [hashlib.md5(), hashlib.sha1()] if version < suites.TLS12 \
+            else [hashlib.new(cs.prf_hash)]
+        for h in hashes_:
+            for msg in transcript:
+                h.update(msg)
+        handshake_hash = b"".join(h.digest() for h in hashes_)
+        self.derive12(version, suite, peer_share, client_random, server_random,
+                      handshake_hash if extended_master_secret else None, encrypt_then_mac)
+        client_verify = self.finished12(secrets.SENDER_CLIENT, handshake_hash)
+        client_finished = handshake_message(suites.HS_FINISHED, client_verify)
+        for h in hashes_:
+            h.update(client_finished)
+        self.activate(secrets.WRITE)
+        record = self.seal_finished12(b"".join(h.digest() for h in hashes_))
+        return client_verify, record
 
     def seal_finished12(self, handshake_hash: bytes) -> bytes:
         verify_data = self.finished12(secrets.SENDER_SERVER, handshake_hash)

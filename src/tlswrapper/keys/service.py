@@ -103,12 +103,18 @@ def _key_share(s: Any, a: tuple) -> Any:
 
 
 def _derive12(s: Any, a: tuple) -> Any:
-    _n(a, 6, 8)
+    _n(a, 6, 7)
     version, suite, peer, crandom, srandom, shash = a[:6]
-    etm = _bool(a[6]) if len(a) >= 7 else False
-    fhash = _opt_bytes(a[7]) if len(a) == 8 else None
+    etm = _bool(a[6]) if len(a) == 7 else False
     return s.derive12(_int(version), _int(suite), _bytes(peer), _bytes(crandom),
-                      _bytes(srandom), _opt_bytes(shash), etm, fhash)
+                      _bytes(srandom), _opt_bytes(shash), etm)
+
+
+def _derive12_finished(s: Any, a: tuple) -> Any:
+    version, suite, peer, crandom, srandom, transcript, ems, etm = _n(a, 8, 8)
+    return s.derive12_finished(_int(version), _int(suite), _bytes(peer), _bytes(crandom),
+                               _bytes(srandom), _bytes_seq(transcript), _bool(ems),
+                               _bool(etm))
 
 
 def _server_key_exchange12(s: Any, a: tuple) -> Any:
@@ -201,6 +207,7 @@ HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
         ("server_flight13", _server_flight13),
         ("server_key_exchange12", _server_key_exchange12),
         ("seal_finished12", _seal_finished12),
+        ("derive12_finished", _derive12_finished),
     )
 }
 # A method added to ipc.METHODS without a handler here is a programming error; fail at import

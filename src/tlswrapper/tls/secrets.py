@@ -16,11 +16,11 @@ Finished (READ) for the application keys in TLS 1.3.
 
 Round trips. Over the pipe every call that answers something costs a round trip to the key
 process, so the server flights have one call each that does a whole step on the key side
-(server_flight13; server_key_exchange12, derive12 with the client's Finished, and
-seal_finished12), and activate() and key_update(), whose answers the engine never needs, may
-be deferred by an implementation until the next call (PipeKeyService sends them in the same
-write as that call). Their errors (engine bugs: internal_error) then surface from that call;
-if no call follows, they are not made at all.
+(server_flight13; server_key_exchange12 and derive12_finished), and activate() and
+key_update(), whose answers the engine never needs, may be deferred by an implementation
+until the next call (PipeKeyService sends them in the same write as that call). Their errors
+(engine bugs: internal_error) then surface from that call; if no call follows, they are not
+made at all.
 """
 
 from __future__ import annotations
@@ -113,13 +113,22 @@ class KeyService(Protocol):
     # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
                  server_random: bytes, session_hash: bytes | None,
-                 encrypt_then_mac: bool = False,
-                 client_finished_hash: bytes | None = None) -> bytes:
+                 encrypt_then_mac: bool = False) -> None:
         """ECDH with the client's share (ClientKeyExchange), then the master secret (extended,
         RFC 7627, when `session_hash` is given) and the key block; fills the pending protection
-        of both directions. Raises KeyServiceError(illegal_parameter) for an invalid share.
-        Returns finished12(SENDER_CLIENT, client_finished_hash) when that hash is given (the
-        client's Finished expected), else b""."""
+        of both directions. Raises KeyServiceError(illegal_parameter) for an invalid share."""
+
+    def derive12_finished(self, version: int, suite: int, peer_share: bytes,
+                          client_random: bytes, server_random: bytes,
+                          transcript: Sequence[bytes], extended_master_secret: bool,
+                          encrypt_then_mac: bool) -> tuple[bytes, bytes]:
+        """TLS 1.0-1.2 without a client certificate: the handshake hash of `transcript` (every
+        handshake message up to ClientKeyExchange; MD5||SHA-1 below TLS 1.2); derive12 (that
+        hash as the session hash with `extended_master_secret`); the client's Finished
+        verify_data expected over it; then our Finished, whose transcript ends with that
+        client Finished, sealed ahead of time: WRITE is activated for it, and the engine sends
+        the record, after a change_cipher_spec, once the client's Finished has verified.
+        Returns (client verify_data, the sealed server Finished record)."""
 
     def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
                               server_random: bytes) -> tuple[bytes, bytes]:

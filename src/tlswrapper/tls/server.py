@@ -143,6 +143,7 @@ class ServerConnection:
         self._etm_offered = False   # RFC 7366 encrypt_then_mac in the ClientHello
         self._etm = False           # ... and used: offered and a CBC suite chosen
         self._expected_client_finished = b""
+        self._server_finished = b""     # TLS 1.2: our Finished record, sealed ahead
         self._early_data_offered = False
         self._skipped_early_data = 0
         self._empty_records = 0
@@ -879,17 +880,17 @@ class ServerConnection:
         if len(cke.public) != suites.KEY_SHARE_SIZES[self.group][0]:
             raise _Abort(suites.ILLEGAL_PARAMETER, "client key share of the wrong size")
         self._transcript.append(whole)
-        transcript_hash = self._transcript_hash()
-        # Without a client certificate the client's Finished covers the transcript up to
-        # here, as the extended master secret's session hash does (RFC 7627 3).
-        expected = self.keys.derive12(
-            self.version, self.suite.code, cke.public, self._client_random,
-            self._server_random, transcript_hash if self._ems else None, self._etm,
-            None if self._client_chain else transcript_hash)
         if self._client_chain:
+            session_hash = self._transcript_hash() if self._ems else None
+            self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
+                               self._server_random, session_hash, self._etm)
             self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
             return
-        self._expected_client_finished = expected
+        # One round trip: the keys, the client's Finished expected, and ours sealed ahead
+        # (sent only once the client's has verified).
+        self._expected_client_finished, self._server_finished = self.keys.derive12_finished(
+            self.version, self.suite.code, cke.public, self._client_random,
+            self._server_random, self._transcript, self._ems, self._etm)
         self.state = State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ client certificate
@@ -961,9 +962,14 @@ class ServerConnection:
             self.keys.activate(READ)
         else:
             self._send_change_cipher_spec()
-            self.keys.activate(WRITE)
+            if self._server_finished:
+                finished = self._server_finished    # sealed by derive12_finished
+                self._server_finished = b""
+            else:
+                self.keys.activate(WRITE)
+                finished = self.keys.seal_finished12(self._transcript_hash())
             self._protected_write = True
-            self._out.append(self.keys.seal_finished12(self._transcript_hash()))
+            self._out.append(finished)
         self._early_data_offered = False
         self.state = State.CONNECTED
         self._transcript = []
