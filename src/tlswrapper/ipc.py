@@ -289,7 +289,9 @@ class FrameReader:
     The network process may send several requests in one write (calls it deferred, then the
     one it needs answered): bytes read past the end of a frame are kept for the next one."""
 
-    _INITIAL = 64 * 1024
+    # Small at first: a handshake's frames are a few KiB, and every page of a new buffer is a
+    # page fault in a freshly forked process; bulk batches grow it to their size once.
+    _INITIAL = 8 * 1024
 
     def __init__(self, fd: int) -> None:
         self.fd = fd

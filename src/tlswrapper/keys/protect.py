@@ -107,7 +107,7 @@ class Aead13Protection(RecordProtection):
             raise ValueError("TLS 1.3 IV must be 12 bytes")
         self._aead = _aead(cipher, key)
         self._iv = int.from_bytes(iv, "big")
-        self._plain = bytearray(suites.MAX_PLAINTEXT + 256)
+        self._plain: bytearray | None = None   # open()'s buffer, made on first use
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
         self._check_batch(records)
@@ -133,6 +133,10 @@ class Aead13Protection(RecordProtection):
         results: list[tuple[int, bytes]] = []
         aead = self._aead
         iv = self._iv
+        if self._plain is None:
+            # Not in __init__: a write protection never opens, and each page of a new
+            # buffer costs a page fault in the freshly forked key process.
+            self._plain = bytearray(suites.MAX_PLAINTEXT + 256)
         plain = memoryview(self._plain)
         for record in records:
             outer_type, length = _split(record, suites.MAX_CIPHERTEXT_13)
@@ -185,7 +189,7 @@ class Aead12Protection(RecordProtection):
         self._explicit = 8 if self._gcm else 0
         self._vhi = version >> 8
         self._vlo = version & 0xFF
-        self._plain = bytearray(suites.MAX_PLAINTEXT + 2048)
+        self._plain: bytearray | None = None   # open()'s buffer, made on first use
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
         self._check_batch(records)
@@ -218,6 +222,8 @@ class Aead12Protection(RecordProtection):
     def open(self, records: Sequence[bytes]) -> OpenResult:
         results: list[tuple[int, bytes]] = []
         aead = self._aead
+        if self._plain is None:
+            self._plain = bytearray(suites.MAX_PLAINTEXT + 2048)   # as in Aead13Protection
         plain = memoryview(self._plain)
         explicit = self._explicit
         for record in records:
