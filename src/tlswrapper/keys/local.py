@@ -87,7 +87,6 @@ class LocalKeyService:
         self._loaded = False
         self._sealed: list[pem.SealedPem | None] = []
         self._usable: list[bool] = []
-        self._leaves: list[bytes | None] = []     # leaf certificate (DER) of each usable file
         self._key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | None = None
         # Key exchange.
         self._group = 0
@@ -130,18 +129,16 @@ class LocalKeyService:
             if problem is not None or sealed is None:
                 answer.append(problem if problem is not None else Unusable("missing", True))
                 self._usable.append(False)
-                self._leaves.append(None)
                 continue
             try:
                 chain, key_type, bits = pem.parse_public(sealed)
             except pem.PemError as e:
                 answer.append(Unusable(e.reason))
                 self._usable.append(False)
-                self._leaves.append(None)
             else:
                 answer.append(Candidate(chain, key_type, bits))
                 self._usable.append(True)
-                self._leaves.append(chain[0])
+
         return answer
 
     def read_anchor(self, path: str) -> bytes:
@@ -168,7 +165,12 @@ class LocalKeyService:
         if sealed is None:
             raise KeyServiceError(suites.HANDSHAKE_FAILURE, f"no usable certificate {index}")
         try:
-            self._key = pem.unseal_private_key(sealed, self._leaves[index])
+            # Not handed the leaf kept from load(): unseal_private_key parses the chain again
+            # first, and that changes which freed heap chunks cryptography's PEM decoding
+            # reuses. Without it, the key's DER (decoded inside cryptography and freed
+            # without being wiped) was found in memory in 2 runs of 8 of
+            # test_key_process_holds_no_clear_pem_before_signing[rsa-2048].
+            self._key = pem.unseal_private_key(sealed)
         except pem.PemError as e:
             raise KeyServiceError(suites.INTERNAL_ERROR, f"{sealed.path}: {e.reason}") from None
         # The other files' sealed keys are no longer needed.

@@ -206,14 +206,11 @@ def _check_rsa_crt(key: rsa.RSAPrivateKey) -> None:
         raise ValueError("inconsistent RSA private key")
 
 
-def unseal_private_key(sealed: SealedPem, leaf: bytes | None = None,
-                       ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     """After the jail, when the key is selected for signing: decrypt the secret block into a
     buffer that is wiped after cryptography has parsed it, and check that the key is the
-    leaf certificate's. `leaf` is the leaf certificate (DER) as parse_public(sealed) gave
-    it, when the caller kept it (saves parsing the chain again). Raises PemError."""
-    if leaf is None:
-        leaf = parse_public(sealed)[0][0]
+    leaf certificate's. Raises PemError."""
+    leaf = parse_public(sealed)[0][0]
     sealed_key = sealed.sealed_key
     clear = bytearray(len(sealed_key) - 12 - 16)
     try:
