@@ -355,6 +355,10 @@ def _key_process_main(rfd: int, wfd: int, parent: int,
                 signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)   # the network process's handlers mean nothing here
     _child_fds((rfd, wfd))
+    # A listener's spare: the handshake's key-side code run once on throw-away keys while no
+    # client waits (warmup.key_side; nothing to replay under tcpserver).
+    from tlswrapper.warmup import key_side
+    key_side()
 
     rearming_jail: Callable[[], None] | None = None
     if jail is not None:

@@ -593,14 +593,15 @@ class Prepared:
         self.jailed = False
 
     def jail_ahead(self) -> None:
-        """Jail now, before the client socket exists here, all but the last step: one more
-        descriptor may still arrive (the listener passes the socket); serve() then lowers
+        """Jail now, before the client socket exists here, all but the last step: descriptors
+        may still be made (the listener's spare accepts its connection); serve() then lowers
         RLIMIT_NOFILE to 0 before the first byte is read. Raises JailError."""
         try:
             highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
         except (OSError, ValueError):
             highest = 1023
-        jail.jail(self.account, self.jail_dir, files=highest + 2)
+        # Room for two more: the spare's epoll descriptor and the connection it accepts.
+        jail.jail(self.account, self.jail_dir, files=highest + 3)
         self.jailed = True
 
     def abandon(self) -> None:

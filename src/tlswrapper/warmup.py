@@ -1,13 +1,19 @@
-"""Warm-up of a listener's spare: run the engine's ClientHello path once on a made-up hello.
+"""Warm-ups: the handshake's code run once ahead, before a client waits for it.
 
 Why: every process of a connection is a fork of the listener, and the first write to each
-shared page (Python writes reference counts on every object it uses) copies that page. Under
-this machine's gVisor a copy costs 6-10 us, and a connection's network process makes a few
-hundred of them after it gets its socket. A spare that has parsed one ClientHello already has
-copied most of the pages the real one needs, before the client is waiting.
+shared page (Python writes reference counts on every object it uses, and fills caches on
+first use) copies that page: 3-10 us each on this VM, about a thousand per process.
+- network_side(): a spare parses a made-up ClientHello with a throw-away engine before its
+  client comes (the listener runs it once too); no key service is involved.
+- full_handshakes(): the listener, at start, runs complete handshakes (TLS 1.3 and 1.2, ECDSA
+  and RSA) between the engine with an in-process key service and Python's ssl client in
+  memory, on throw-away certificates made for the purpose: the first-use work of every step
+  (Python's method cache, cryptography's and OpenSSL's lazy state) is then done once and
+  shared with every fork.
 
-Rule: nothing here holds or computes a secret, and the throw-away engine gets a key service
-that refuses every call (the ClientHello path never asks it anything).
+Rule: no file is read and no user key is touched; the throw-away keys live in this process
+only for the warm-up, and the network process's own warm-up gets a key service that refuses
+every call.
 """
 
 from __future__ import annotations
@@ -59,3 +65,167 @@ def network_side(config) -> bool:
     except Exception:   # noqa: BLE001 -- only a warm-up: the real connection reports its own
         return False
     return any(isinstance(e, ClientHelloReceived) for e in events)
+
+
+# --------------------------------------------------------------------------- full handshakes
+
+def _throwaway_pem(kind: str) -> bytes:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ecdsa" \
+        else rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warm-up.invalid")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()) \
+        + cert.public_bytes(serialization.Encoding.PEM)
+
+
+# What the key processes replay before their first request (key_side): the key service calls
+# of the warm-up's TLS 1.3 ECDSA handshake, and that throw-away certificate file's content.
+_replay: list[tuple[str, tuple]] = []
+_replay_pem = b""
+
+
+class _Recorder:
+    """A key service that passes every call on and notes it (name, arguments)."""
+
+    def __init__(self, inner) -> None:
+        self._inner = inner
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self._inner, name)
+
+        def call(*args):
+            self.calls.append((name, args))
+            return method(*args)
+        return call
+
+
+def key_side() -> int:
+    """In a key process that has not served anything yet (a listener's spare): replay the
+    recorded calls on a throw-away in-process key service, so that the pages a handshake
+    touches are copied now rather than while the client waits. Needs no jail: it reads only
+    its own throw-away certificate (through a memfd) and holds nothing after. Returns the
+    calls that succeeded (the last ones fail: the client's records are not for these keys).
+    Never raises."""
+    if not _replay:
+        return 0
+    done = 0
+    try:
+        from .keys.local import LocalKeyService
+        fd = os.memfd_create("tlswrapper-warm-up", os.MFD_CLOEXEC)
+    except Exception:   # noqa: BLE001 -- only a warm-up
+        return 0
+    try:
+        os.write(fd, _replay_pem)
+        keys = LocalKeyService()
+        for name, args in _replay:
+            if name == "load":
+                args = ([f"/proc/self/fd/{fd}"],)
+            try:
+                getattr(keys, name)(*args)
+            except Exception:   # noqa: BLE001
+                continue
+            done += 1
+    except Exception:   # noqa: BLE001
+        pass
+    finally:
+        os.close(fd)
+    return done
+
+
+def _handshake(config, path: str, version, record: bool = False) -> bool:
+    """One handshake, one line each way and close_notify, engine against ssl in memory.
+    With `record`, the key service calls are kept for key_side()."""
+    import ssl
+
+    from .keys.local import LocalKeyService
+    from .tls.events import ApplicationData, ConnectionFailed, HandshakeComplete
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = version
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = ctx.wrap_bio(to_client, to_server, server_hostname="warm-up.invalid")
+    keys = _Recorder(LocalKeyService())
+    conn = ServerConnection(config, keys)
+    done = echoed = False
+    for _ in range(16):
+        try:
+            if not done:
+                client.do_handshake()
+                done = True
+                client.write(b"warm-up\n")
+            elif not echoed:
+                echoed = client.read(64) == b"warm-up\n"
+                if echoed:
+                    client.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+            pass
+        events = conn.receive(to_server.read()) if to_server.pending else []
+        while events:
+            event = events.pop(0)
+            if isinstance(event, ClientHelloReceived):
+                events.extend(conn.choose_certificate(keys.load([path])))
+            elif isinstance(event, ApplicationData):
+                conn.send(event.data)
+            elif isinstance(event, ConnectionFailed):
+                return False
+            elif isinstance(event, HandshakeComplete):
+                pass
+        if echoed:
+            conn.close()
+        out = conn.outgoing()
+        if out:
+            to_client.write(out)
+        elif echoed:
+            if record:
+                _replay[:] = keys.calls
+            return True
+    return False
+
+
+def full_handshakes(config) -> int:
+    """Run the warm-up handshakes (see the module docstring); returns how many completed
+    (a configuration without TLS 1.2, say, completes fewer). Never raises."""
+    try:
+        import ssl
+    except ImportError:
+        return 0
+    completed = 0
+    for kind in ("ecdsa", "rsa"):
+        try:
+            pem_bytes = _throwaway_pem(kind)
+            fd = os.memfd_create(f"tlswrapper-warm-up-{kind}", os.MFD_CLOEXEC)
+        except Exception:   # noqa: BLE001 -- only a warm-up
+            continue
+        try:
+            os.write(fd, pem_bytes)
+            for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                # The key processes replay the first one completed, ECDSA first (the most
+                # common key, and cheap to sign with).
+                record = not _replay
+                try:
+                    ok = _handshake(config, f"/proc/self/fd/{fd}", version, record)
+                except Exception:   # noqa: BLE001 -- only a warm-up
+                    ok = False
+                completed += ok
+                if ok and record:
+                    global _replay_pem
+                    _replay_pem = pem_bytes
+        finally:
+            os.close(fd)
+    return completed
