@@ -200,19 +200,44 @@ def _check_jail_dir(jail_dir: str) -> os.stat_result:
     return st
 
 
+class Plan:
+    """What jail() works out before its first privileged step (the account, the jail
+    directory checked, the address space cap), worked out ahead of time by plan()."""
+    __slots__ = ("account", "root_st", "limit", "jail_dir")
+
+    def __init__(self, account: Account, root_st: os.stat_result, limit: int,
+                 jail_dir: str) -> None:
+        self.account = account
+        self.root_st = root_st
+        self.limit = limit
+        self.jail_dir = jail_dir
+
+
+def plan(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR, *,
+         as_limit: int | None = None) -> Plan:
+    """jail()'s preparation, done now (a key process waiting for its first request does it
+    while no client waits). Raises JailError. jail() still checks after chroot that "/" is the
+    directory checked here."""
+    prepare()
+    acct = choose_account(account)
+    root_st = _check_jail_dir(jail_dir)
+    limit = as_limit if as_limit is not None else address_space_limit()
+    return Plan(acct, root_st, limit, jail_dir)
+
+
 def jail(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR, *,
-         as_limit: int | None = None, files: int = 0) -> Account:
+         as_limit: int | None = None, files: int = 0, ahead: Plan | None = None) -> Account:
     """Jail the calling process for good; returns the account it now runs as.
 
     `account` is the -j name (or an Account looked up before), None for a random id. Raises
     JailError on any failure: the process is then in an unknown half-jailed state and must
     exit (111) without touching client data. `files` > 0 leaves RLIMIT_NOFILE at that value
     (hard and soft) for one more descriptor to arrive (the listener's spare receives its
-    client socket jailed); close_files() then lowers it to 0."""
-    prepare()
-    acct = choose_account(account)
-    root_st = _check_jail_dir(jail_dir)
-    limit = as_limit if as_limit is not None else address_space_limit()
+    client socket jailed); close_files() then lowers it to 0. `ahead`: plan() made earlier
+    for this account and directory (the arguments are then taken from it)."""
+    if ahead is None:
+        ahead = plan(account, jail_dir, as_limit=as_limit)
+    acct, root_st, limit, jail_dir = ahead.account, ahead.root_st, ahead.limit, ahead.jail_dir
     step = ""
     try:
         step = "setrlimit RLIMIT_AS"

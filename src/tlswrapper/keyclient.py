@@ -359,6 +359,9 @@ def _key_process_main(rfd: int, wfd: int, parent: int,
     # client waits (warmup.key_side; nothing to replay under tcpserver).
     from tlswrapper.warmup import key_side
     key_side()
+    ahead = getattr(jail, "ahead", None)
+    if ahead is not None:
+        ahead()        # the jail worked out now, not in the first request's time
 
     rearming_jail: Callable[[], None] | None = None
     if jail is not None:

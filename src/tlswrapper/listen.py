@@ -209,6 +209,8 @@ def _accept_one(listening: socket.socket, sock: socket.socket) -> socket.socket 
             except (BlockingIOError, InterruptedError):
                 continue         # another spare was first
             except OSError as e:
+                if e.errno == errno.EINVAL:
+                    return None  # the socket no longer listens: the listener shut it down
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     time.sleep(0.1)
                 continue         # ECONNABORTED and the like: the client gave up, go on

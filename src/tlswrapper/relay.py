@@ -546,6 +546,25 @@ class Relay:
         return EXIT_FATAL if status is None else status
 
 
+class _KeyProcessJail:
+    """The key process's jail, called by its first load() once the files are read. ahead()
+    (in the key process, before its first request) works out the jail beforehand."""
+
+    def __init__(self, account: jail.Account | None, jail_dir: str) -> None:
+        self.account = account
+        self.jail_dir = jail_dir
+        self.plan: jail.Plan | None = None
+
+    def ahead(self) -> None:
+        try:
+            self.plan = jail.plan(self.account, self.jail_dir)
+        except jail.JailError:
+            self.plan = None      # jail() finds the problem again and reports it
+
+    def __call__(self) -> None:
+        jail.jail(self.account, self.jail_dir, ahead=self.plan)
+
+
 class StartError(Exception):
     """The connection's processes could not be started; one fatal line for the log."""
 
@@ -561,13 +580,8 @@ class Prepared:
         jail.prepare()
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
-        account, jail_dir = self.account, self.jail_dir
-
-        def jail_key_process() -> None:
-            jail.jail(account, jail_dir)
-
         try:
-            self.keys, _key_pid = start_key_process(jail_key_process)
+            self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir))
         except OSError as e:
             raise StartError(f"unable to start: {e}") from None
         self.anchor_pem = None
