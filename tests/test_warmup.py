@@ -28,3 +28,17 @@ def test_sample_hello_is_a_well_formed_client_hello() -> None:
 def test_the_key_service_is_never_asked() -> None:
     with pytest.raises(RuntimeError):
         warmup._NoKeys().load([])
+
+
+def test_full_handshakes_complete_and_are_replayed_on_the_key_side(pki) -> None:
+    options = cli.parse(["-f", str(pki.ecdsa_p256.path), "cat"])
+    assert warmup.full_handshakes(options.server_config()) == 4   # 1.3 and 1.2 x ECDSA, RSA
+    names = [name for name, _ in warmup._replay]
+    assert names[:3] == ["load", "select", "server_flight13"]
+    assert warmup._replay[0][1][0][0].startswith("/proc/self/fd/"), "a memfd, no file"
+    assert warmup.key_side() >= 3
+
+
+def test_full_handshakes_follow_the_configuration(pki) -> None:
+    options = cli.parse(["-m", "tls13", "-f", str(pki.ecdsa_p256.path), "cat"])
+    assert warmup.full_handshakes(options.server_config()) == 2   # no TLS 1.2
