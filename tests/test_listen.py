@@ -8,6 +8,7 @@ the same three processes started ahead of a connection: jailed, but no client so
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import socket
@@ -456,3 +457,37 @@ def test_limit_one_keeps_at_most_one_spare(pki) -> None:
             time.sleep(0.5)
             assert srv.spares() == [], "no spare while the limit is reached"
         wait_until(lambda: len(srv.spares()) == 1, what="the spare after the connection")
+
+
+def _memfds(pid: int) -> list[str]:
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("/memfd:tlswrapper-warm-up"):
+                out.append(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            pass
+    return out
+
+
+def test_warm_up_key_is_in_no_listener_or_network_process_memory(pki) -> None:
+    """MUST 1 for the warm-up's throw-away key too: the helper made it and ran the recorded
+    handshakes; the listener holds only the memfd (never its content), a spare (a network
+    process) closes it once its key process is forked; the key process replays the calls."""
+    from e2e import read_memory
+
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
+        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        (path,) = _memfds(srv.proc.pid)
+        pem = Path(path).read_bytes()
+        body = pem.split(b"-----BEGIN PRIVATE KEY-----")[1].split(b"-----END")[0]
+        lines = [line for line in body.split() if len(line) >= 32]
+        der = base64.b64decode(b"".join(body.split()))
+        assert lines and len(der) > 100
+        wait_until(lambda: all(not _memfds(pid) for pid in spares), what="spares to drop it")
+        for pid in [srv.proc.pid, *spares]:
+            memory = read_memory(pid)
+            assert der not in memory and not any(line in memory for line in lines), pid
+        with tls_connect(port) as conn:        # and the spares still serve
+            assert echo(conn) == b"hello\n"

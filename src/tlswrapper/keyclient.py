@@ -354,11 +354,12 @@ def _key_process_main(rfd: int, wfd: int, parent: int,
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM,
                 signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)   # the network process's handlers mean nothing here
-    _child_fds((rfd, wfd))
     # A listener's spare: the handshake's key-side code run once on throw-away keys while no
-    # client waits (warmup.key_side; nothing to replay under tcpserver).
+    # client waits (warmup.key_side; nothing to replay under tcpserver). Before _child_fds,
+    # which would close the throw-away certificate's memfd.
     from tlswrapper.warmup import key_side
     key_side()
+    _child_fds((rfd, wfd))
     ahead = getattr(jail, "ahead", None)
     if ahead is not None:
         ahead()        # the jail worked out now, not in the first request's time

@@ -242,6 +242,8 @@ def spare_main(sock: socket.socket, listening: socket.socket, close: Sequence[in
             prepared = relay.prepare(options)
         except relay.StartError as e:
             error = str(e)        # reported with the connection it fails, as under tcpserver
+        from .warmup import close_key_file
+        close_key_file()          # the throw-away certificate: its key process has it
         if prepared is not None:
             try:
                 prepared.jail_ahead()
@@ -471,14 +473,15 @@ def prepare_imports() -> None:
 
 
 def warm_up(options: cli.Options) -> None:
-    """The handshake's code run here once, before the first fork (warmup.py): what it caches
-    on first use (Python's method cache, cryptography's and OpenSSL's lazy state) is then
-    shared with every fork instead of being written, and so copied, in each."""
-    from .warmup import full_handshakes, network_side
+    """The warm-ups (warmup.py), before the first fork: the ClientHello code run here once
+    (what it caches on first use is then shared with every fork instead of being written, and
+    so copied, in each), and the key service calls the key processes replay, recorded by a
+    helper process."""
+    from .warmup import network_side, record_key_side
     config = options.server_config()
     network_side(config)
     # -a: the in-memory client has no certificate; the rest of the handshake is the same.
-    full_handshakes(config.replace(request_client_certificate=False, client_ca_names=()))
+    record_key_side(config.replace(request_client_certificate=False, client_ca_names=()))
 
 
 def _warm_up() -> None:

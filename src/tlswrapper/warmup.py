@@ -4,20 +4,26 @@ Why: every process of a connection is a fork of the listener, and the first writ
 shared page (Python writes reference counts on every object it uses, and fills caches on
 first use) copies that page: 3-10 us each on this VM, about a thousand per process.
 - network_side(): a spare parses a made-up ClientHello with a throw-away engine before its
-  client comes (the listener runs it once too); no key service is involved.
-- full_handshakes(): the listener, at start, runs complete handshakes (TLS 1.3 and 1.2, ECDSA
-  and RSA) between the engine with an in-process key service and Python's ssl client in
-  memory, on throw-away certificates made for the purpose: the first-use work of every step
-  (Python's method cache, cryptography's and OpenSSL's lazy state) is then done once and
-  shared with every fork.
+  client comes (the listener runs it once too, so that its caches are shared); no key service
+  is involved.
+- key_side(): a spare's key process, before its first request, replays the key service calls
+  of a whole TLS handshake on a throw-away certificate, so that the pages its real handshake
+  touches are mostly copied already.
+- record_key_side(): the listener, at start, gets those calls from a short-lived helper
+  process that makes the throw-away certificate and key, writes them to a memfd, and runs
+  complete handshakes (the engine with an in-process key service against Python's ssl client,
+  in memory): the calls' arguments are public values (client key shares, transcripts, records).
 
-Rule: no file is read and no user key is touched; the throw-away keys live in this process
-only for the warm-up, and the network process's own warm-up gets a key service that refuses
-every call.
+Rule: no file is read and no user key is touched. MUST 1 holds for the throw-away material
+too: the listener, whose memory every network process inherits, never holds the throw-away
+key nor any secret of those handshakes (they live in the helper, and in each key process's
+replay); it holds only the memfd's descriptor, which a spare closes as soon as its key
+process is forked.
 """
 
 from __future__ import annotations
 
+import marshal
 import os
 
 from .tls import messages as m
@@ -93,8 +99,12 @@ def _throwaway_pem(kind: str) -> bytes:
 
 # What the key processes replay before their first request (key_side): the key service calls
 # of the warm-up's TLS 1.3 ECDSA handshake, and that throw-away certificate file's content.
+# Set in the listener by record_key_side(): the key service calls of one TLS handshake
+# (ECDSA, TLS 1.3 where the configuration allows it) and the memfd holding that handshake's
+# throw-away certificate and key.
 _replay: list[tuple[str, tuple]] = []
-_replay_pem = b""
+_replay_fd = -1
+MAX_RECORD = 1 << 20        # the recorded calls, marshalled (a handshake's are ~5 KiB)
 
 
 class _Recorder:
@@ -116,34 +126,39 @@ class _Recorder:
 def key_side() -> int:
     """In a key process that has not served anything yet (a listener's spare): replay the
     recorded calls on a throw-away in-process key service, so that the pages a handshake
-    touches are copied now rather than while the client waits. Needs no jail: it reads only
-    its own throw-away certificate (through a memfd) and holds nothing after. Returns the
-    calls that succeeded (the last ones fail: the client's records are not for these keys).
-    Never raises."""
-    if not _replay:
+    touches are copied now rather than while the client waits. It reads only the throw-away
+    certificate (the memfd) and keeps nothing; the memfd is closed here. Needs no jail.
+    Returns the calls that succeeded. Never raises."""
+    global _replay_fd
+    fd, _replay_fd = _replay_fd, -1
+    if fd < 0:
         return 0
     done = 0
     try:
         from .keys.local import LocalKeyService
-        fd = os.memfd_create("tlswrapper-warm-up", os.MFD_CLOEXEC)
-    except Exception:   # noqa: BLE001 -- only a warm-up
-        return 0
-    try:
-        os.write(fd, _replay_pem)
         keys = LocalKeyService()
         for name, args in _replay:
             if name == "load":
                 args = ([f"/proc/self/fd/{fd}"],)
             try:
                 getattr(keys, name)(*args)
-            except Exception:   # noqa: BLE001
+            except Exception:   # noqa: BLE001 -- e.g. a record not for these keys
                 continue
             done += 1
-    except Exception:   # noqa: BLE001
+    except Exception:   # noqa: BLE001 -- only a warm-up
         pass
     finally:
         os.close(fd)
     return done
+
+
+def close_key_file() -> None:
+    """In a network process: drop the descriptor of the throw-away certificate and key (its
+    key process, forked already, has it)."""
+    global _replay_fd
+    fd, _replay_fd = _replay_fd, -1
+    if fd >= 0:
+        os.close(fd)
 
 
 def _handshake(config, path: str, version, record: bool = False) -> bool:
@@ -198,34 +213,58 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
     return False
 
 
-def full_handshakes(config) -> int:
-    """Run the warm-up handshakes (see the module docstring); returns how many completed
-    (a configuration without TLS 1.2, say, completes fewer). Never raises."""
-    try:
-        import ssl
-    except ImportError:
-        return 0
+def full_handshakes(config, fd: int) -> int:
+    """In the helper (or a test): make a throw-away ECDSA certificate and key, write them to
+    `fd` (a memfd), and run the warm-up handshakes on it, TLS 1.3 then 1.2, recording the key
+    service calls of the first that completes. Returns how many completed (a configuration
+    without TLS 1.2, say, completes fewer)."""
+    import ssl
+    os.write(fd, _throwaway_pem("ecdsa"))
     completed = 0
-    for kind in ("ecdsa", "rsa"):
+    for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
         try:
-            pem_bytes = _throwaway_pem(kind)
-            fd = os.memfd_create(f"tlswrapper-warm-up-{kind}", os.MFD_CLOEXEC)
+            completed += _handshake(config, f"/proc/self/fd/{fd}", version, not _replay)
         except Exception:   # noqa: BLE001 -- only a warm-up
-            continue
-        try:
-            os.write(fd, pem_bytes)
-            for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
-                # The key processes replay the first one completed, ECDSA first (the most
-                # common key, and cheap to sign with).
-                record = not _replay
-                try:
-                    ok = _handshake(config, f"/proc/self/fd/{fd}", version, record)
-                except Exception:   # noqa: BLE001 -- only a warm-up
-                    ok = False
-                completed += ok
-                if ok and record:
-                    global _replay_pem
-                    _replay_pem = pem_bytes
-        finally:
-            os.close(fd)
+            pass
     return completed
+
+
+def record_key_side(config) -> int:
+    """In the listener, at start: get the calls key_side() replays from a helper process
+    (see the module docstring), and keep the memfd it wrote. Returns the number of calls
+    recorded (0: no warm-up for key processes). Never raises."""
+    global _replay_fd
+    try:
+        fd = os.memfd_create("tlswrapper-warm-up", os.MFD_CLOEXEC)
+    except (OSError, AttributeError):
+        return 0
+    data = b""
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the helper: nothing returns from here
+            code = 1
+            try:
+                os.close(r)
+                if full_handshakes(config, fd) and _replay:
+                    out = marshal.dumps(_replay)
+                    while out:
+                        out = out[os.write(w, out):]
+                    code = 0
+            except BaseException:   # noqa: BLE001 -- only a warm-up
+                pass
+            os._exit(code)
+        os.close(w)
+        while len(data) <= MAX_RECORD and (chunk := os.read(r, 65536)):
+            data += chunk
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        calls = marshal.loads(data) if status == 0 and len(data) <= MAX_RECORD else []
+    except Exception:   # noqa: BLE001 -- only a warm-up
+        calls = []
+    if not calls:
+        os.close(fd)
+        return 0
+    _replay[:] = calls
+    _replay_fd = fd
+    return len(calls)
