@@ -626,3 +626,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def test_ready_answers_once_the_key_process_serves(fake_ks):
+    """Not a KeyService method (the service is not called): a listener's spare waits for it."""
+    ks, _pid = fake_ks
+    assert ks.ready() is None
+    assert ks.ready() is None

@@ -376,6 +376,21 @@ def _tcp_inodes(listening: bool = False) -> set[str]:
     return out
 
 
+def _ready_spares(srv: Listener, count: int) -> list[int] | None:
+    """The spares once there are `count` of them, all jailed (at start the listener's
+    short-lived warm-up helper is a child too)."""
+    spares = srv.spares()
+    if len(spares) != count:
+        return None
+    for pid in spares:
+        try:
+            if root_of(pid) != JAIL_DIR:
+                return None
+        except OSError:
+            return None
+    return spares
+
+
 def _limits(pid: int) -> dict[str, tuple[str, str]]:
     out = {}
     for line in Path(f"/proc/{pid}/limits").read_text().splitlines()[1:]:
@@ -391,8 +406,7 @@ def test_spares_wait_jailed_without_any_client_socket(pki) -> None:
     with the listening socket closed."""
     port = free_port()
     with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
-        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
-        wait_until(lambda: all(root_of(pid) == JAIL_DIR for pid in spares), what="jailed")
+        spares = wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
         tcp = _tcp_inodes()
         for pid in spares:
             assert uid_of(pid) != 0 and root_of(pid) == JAIL_DIR
@@ -420,7 +434,7 @@ def test_spares_end_without_running_prog_on_sigterm(pki, tmp_path) -> None:
     port = free_port()
     prog = ("sh", "-c", f"echo ran >> {marker}; exec cat")
     with Listener(listen_args(pki.ecdsa_p256.path, port, *prog), port) as srv:
-        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        spares = wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
         family = spares + [k for pid in spares for k in children(pid)]
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(10) == 0
@@ -435,7 +449,7 @@ def test_spares_end_without_running_prog_on_sigterm(pki, tmp_path) -> None:
 def test_a_spare_that_dies_is_replaced(pki) -> None:
     port = free_port()
     with Listener(listen_args(pki.ecdsa_p256.path, port, tls=("-v",)), port) as srv:
-        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        spares = wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
         os.kill(spares[0], signal.SIGKILL)
         wait_until(lambda: len(srv.spares()) == 2 and spares[0] not in srv.spares(),
                    what="a new spare")
@@ -478,7 +492,7 @@ def test_warm_up_key_is_in_no_listener_or_network_process_memory(pki) -> None:
 
     port = free_port()
     with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
-        spares = wait_until(lambda: len(srv.spares()) == 2 and srv.spares(), what="2 spares")
+        spares = wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
         (path,) = _memfds(srv.proc.pid)
         pem = Path(path).read_bytes()
         body = pem.split(b"-----BEGIN PRIVATE KEY-----")[1].split(b"-----END")[0]

@@ -67,6 +67,7 @@ METHODS: tuple[str, ...] = (
     "derive13_handshake", "finished13", "derive13_application", "key_update",
     "activate", "seal", "open", "read_anchor",
     "server_flight13", "server_key_exchange12", "seal_finished12", "derive12_finished",
+    "ready",
 )
 OPCODES: dict[str, int] = {name: i + 1 for i, name in enumerate(METHODS)}
 OP_OK = 0x80

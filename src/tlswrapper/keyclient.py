@@ -176,6 +176,11 @@ class PipeKeyService:
     def read_anchor(self, path: str) -> bytes:
         return self._check("read_anchor", self._call("read_anchor", (path,)), _bytes)
 
+    def ready(self) -> None:
+        """Wait until the key process serves requests (its start-up and warm-up are over).
+        Not part of the KeyService interface: the engine never calls it."""
+        self._check("ready", self._call("ready", ()), _none)
+
     def select(self, index: int) -> None:
         self._check("select", self._call("select", (index,)), _none)
 

@@ -29,6 +29,8 @@ import time
 from typing import NoReturn, Sequence
 
 from . import cli, jail, log
+from .keyclient import KeyProcessDied
+from .tls.secrets import KeyServiceError
 
 EXIT_USAGE = cli.EXIT_USAGE
 EXIT_FAILURE = cli.EXIT_FAILURE
@@ -236,23 +238,27 @@ def spare_main(sock: socket.socket, listening: socket.socket, close: Sequence[in
             os.close(fd)
         log.setup("tlswrapper", options.verbosity)
         from . import relay
+        from .warmup import close_key_file, network_side
         prepared = None
         error = None
         try:
             prepared = relay.prepare(options)
         except relay.StartError as e:
             error = str(e)        # reported with the connection it fails, as under tcpserver
-        from .warmup import close_key_file
         close_key_file()          # the throw-away certificate: its key process has it
+        if prepared is not None:
+            network_side(prepared.config)    # pages copied now, not while a client waits
+            try:
+                prepared.keys.ready()        # its warm-up is over: no client waits for it
+            except (KeyServiceError, KeyProcessDied) as e:
+                prepared = None
+                error = f"key process: {e}"
         if prepared is not None:
             try:
                 prepared.jail_ahead()
             except jail.JailError as e:
                 prepared = None   # half-jailed: it must not serve; the connection is told
                 error = f"unable to create jail: {e}"
-        if prepared is not None:
-            from .warmup import network_side
-            network_side(prepared.config)    # pages copied now, not while a client waits
         conn = _accept_one(listening, sock)
         listening.close()
         if conn is None:

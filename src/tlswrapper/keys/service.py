@@ -196,6 +196,13 @@ def _read_anchor(s: Any, a: tuple) -> Any:
     return s.read_anchor(path)
 
 
+def _ready(s: Any, a: tuple) -> Any:
+    # Not a KeyService method: the answer itself says the key process is serving (a listener's
+    # spare waits for it, so that the key process's warm-up is over before a client comes).
+    _n(a, 0, 0)
+    return None
+
+
 HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
     ipc.OPCODES[name]: (name, fn) for name, fn in (
         ("load", _load), ("select", _select), ("sign", _sign), ("key_share", _key_share),
@@ -208,6 +215,7 @@ HANDLERS: dict[int, tuple[str, Callable[[Any, tuple], Any]]] = {
         ("server_key_exchange12", _server_key_exchange12),
         ("seal_finished12", _seal_finished12),
         ("derive12_finished", _derive12_finished),
+        ("ready", _ready),
     )
 }
 # A method added to ipc.METHODS without a handler here is a programming error; fail at import
