@@ -75,16 +75,16 @@ def network_side(config) -> bool:
 
 # --------------------------------------------------------------------------- full handshakes
 
-def _throwaway_pem(kind: str) -> bytes:
+def _throwaway_pem() -> bytes:
+    """A throw-away ECDSA P-256 key and self-signed certificate, as one PEM file."""
     import datetime
 
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ec.generate_private_key(ec.SECP256R1()) if kind == "ecdsa" \
-        else rsa.generate_private_key(65537, 2048)
+    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "warm-up.invalid")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -97,8 +97,6 @@ def _throwaway_pem(kind: str) -> bytes:
         + cert.public_bytes(serialization.Encoding.PEM)
 
 
-# What the key processes replay before their first request (key_side): the key service calls
-# of the warm-up's TLS 1.3 ECDSA handshake, and that throw-away certificate file's content.
 # Set in the listener by record_key_side(): the key service calls of one TLS handshake
 # (ECDSA, TLS 1.3 where the configuration allows it) and the memfd holding that handshake's
 # throw-away certificate and key.
@@ -219,7 +217,7 @@ def full_handshakes(config, fd: int) -> int:
     service calls of the first that completes. Returns how many completed (a configuration
     without TLS 1.2, say, completes fewer)."""
     import ssl
-    os.write(fd, _throwaway_pem("ecdsa"))
+    os.write(fd, _throwaway_pem())
     completed = 0
     for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
         try:
