@@ -355,3 +355,15 @@ def test_shell_waiter_refuses_a_value_with_a_newline(tmp_path, capfd) -> None:
     prog.go({"SSL_CLIENT_S_DN": "CN=x\nLD_PRELOAD=/tmp/evil.so"})
     assert finish(prog)[1] == 111 and not marker.exists()
     assert "refused" in capfd.readouterr().err
+
+
+@needs_root
+def test_delayed_encryption_fds_in_the_forked_child() -> None:
+    """-n with -u: the forked Python child (not the shell waiter) gives prog fd 5 and 6 too."""
+    prog = start_prog(sh("printf 'x' >&5; head -c 1 <&6 >/dev/null; id -u"), user="nobody",
+                      delayed_encryption=True)
+    assert not prog.waiter and prog.control_in is not None and prog.ack_out is not None
+    prog.go()
+    assert os.read(prog.control_in, 1) == b"x"
+    os.write(prog.ack_out, b"\0")
+    assert finish(prog) == (b"65534\n", 0)

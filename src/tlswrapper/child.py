@@ -252,41 +252,51 @@ def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: 
         path = _resolve(argv[0])
         if path is not None:
             return _spawn_waiter(path, tuple(argv), delayed_encryption)
-    pipes: list[int] = []
+    child, ours, made = _prog_pipes(delayed_encryption)
     try:
-        in_r, in_w = os.pipe()
-        pipes += (in_r, in_w)
-        out_r, out_w = os.pipe()
-        pipes += (out_r, out_w)
-        ctl_r, ctl_w = os.pipe()
-        pipes += (ctl_r, ctl_w)
-        c5_r = c5_w = c6_r = c6_w = -1
-        if delayed_encryption:
-            c5_r, c5_w = os.pipe()
-            pipes += (c5_r, c5_w)
-            c6_r, c6_w = os.pipe()
-            pipes += (c6_r, c6_w)
         pid = os.fork()
     except OSError as e:
-        for fd in pipes:
+        for fd in made:
             os.close(fd)
         raise ChildError(f"unable to start prog ({log.oserror_text(e)})") from None
     if pid == 0:
         # Nothing may return from here: os._exit on every path, whatever happens.
         code = EXIT_FAILURE
         try:
-            targets = {0: in_r, 1: out_w}
-            if delayed_encryption:
-                targets.update({CONTROL_FD: c5_w, ACK_FD: c6_r})
-            code = _child(tuple(argv), targets, ctl_r, user, user_from_cert)
+            targets = {t: fd for t, fd in child.items() if t != _GO}
+            code = _child(tuple(argv), targets, child[_GO], user, user_from_cert)
         except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the parent's code
             log.fatal(f"unable to run prog ({type(e).__name__}: {e})")
         os._exit(code)
-    for fd in (in_r, out_w, ctl_r, c5_w, c6_r):
-        if fd >= 0:
+    for fd in child.values():
+        os.close(fd)
+    return Prog(pid, tuple(argv), *ours)
+
+
+# The key, in _prog_pipes' child ends, of the go-ahead pipe's read end.
+_GO = -1
+
+
+def _prog_pipes(delayed_encryption: bool) -> tuple[dict[int, int], tuple, list[int]]:
+    """The pipes between us and prog's waiting child: (the child's ends, keyed by the fd
+    number each becomes in prog, _GO for the go-ahead's read end; our ends as Prog takes them:
+    prog's stdin, prog's stdout, the go-ahead, and with -n fd 5's reader and fd 6's writer
+    (else None); every fd made). Raises ChildError, leaving nothing open."""
+    made: list[int] = []
+    try:
+        for _ in range(5 if delayed_encryption else 3):
+            made += os.pipe()
+    except OSError as e:
+        for fd in made:
             os.close(fd)
-    return Prog(pid, tuple(argv), in_w, out_r, ctl_w,
-                c5_r if delayed_encryption else None, c6_w if delayed_encryption else None)
+        raise ChildError(f"unable to start prog ({log.oserror_text(e)})") from None
+    in_r, in_w, out_r, out_w, ctl_r, ctl_w = made[:6]
+    child = {0: in_r, 1: out_w, _GO: ctl_r}
+    if not delayed_encryption:
+        return child, (in_w, out_r, ctl_w, None, None), made
+    c5_r, c5_w, c6_r, c6_w = made[6:]
+    child.update({CONTROL_FD: c5_w, ACK_FD: c6_r})
+    return child, (in_w, out_r, ctl_w, c5_r, c6_w), made
 
 
 def _resolve(name: str) -> str | None:
@@ -314,27 +324,16 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool) -> Prog:
     """prog's waiting child as the shell WAITER, spawned without copying this process."""
-    pipes: list[int] = []
+    child, ours, made = _prog_pipes(delayed_encryption)
+    targets = {WAITER_FD if t == _GO else t: fd for t, fd in child.items()}
+    high: list[int] = []
     try:
-        in_r, in_w = os.pipe()
-        pipes += (in_r, in_w)
-        out_r, out_w = os.pipe()
-        pipes += (out_r, out_w)
-        ctl_r, ctl_w = os.pipe()
-        pipes += (ctl_r, ctl_w)
-        targets = {0: in_r, 1: out_w, WAITER_FD: ctl_r}
-        c5_r = c6_w = -1
-        if delayed_encryption:
-            c5_r, c5_w = os.pipe()
-            pipes += (c5_r, c5_w)
-            c6_r, c6_w = os.pipe()
-            pipes += (c6_r, c6_w)
-            targets.update({CONTROL_FD: c5_w, ACK_FD: c6_r})
         # Sources above every target (close-on-exec), so that no dup2 overwrites a source that
         # is itself one of the targets' numbers; dup2 clears close-on-exec on the targets.
-        high = {t: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10) for t, src in targets.items()}
-        pipes += high.values()
-        actions = [(os.POSIX_SPAWN_DUP2, src, t) for t, src in high.items()]
+        actions: list[tuple] = []
+        for t, src in targets.items():
+            high.append(fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10))
+            actions.append((os.POSIX_SPAWN_DUP2, high[-1], t))
         # Only 0, 1, 2 (and 5, 6) reach prog: anything else inheritable is closed.
         actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()
                     if fd > 2 and fd not in targets]
@@ -345,15 +344,12 @@ def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool) ->
             # exec: give prog the default behaviour it expects (`cat` dying on a closed pipe).
             setsigdef=(signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD), setsigmask=())
     except OSError as e:
-        for fd in pipes:
+        for fd in made + high:
             os.close(fd)
         raise ChildError(f"unable to start prog ({log.oserror_text(e)})") from None
-    for fd in pipes:
-        if fd not in (in_w, out_r, ctl_w, c5_r, c6_w):
-            os.close(fd)
-    return Prog(pid, argv, in_w, out_r, ctl_w,
-                c5_r if delayed_encryption else None, c6_w if delayed_encryption else None,
-                waiter=True)
+    for fd in [*child.values(), *high]:
+        os.close(fd)
+    return Prog(pid, argv, *ours, waiter=True)
 
 
 def _inheritable_fds() -> list[int]:
