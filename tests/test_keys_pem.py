@@ -223,3 +223,22 @@ def test_unreadable_file_is_an_oserror(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(PermissionError):
         pem.read_pem_file(str(path))
+
+
+def test_key_block_base64_decoded_in_place_matches_the_standard_decoder() -> None:
+    """unseal_private_key decodes the key's base64 itself (into a buffer it wipes), not through
+    cryptography's PEM loader, which leaves the DER in freed memory."""
+    import base64
+
+    from tlswrapper.keys.pem import PemError, _decode_key_block
+
+    for size in range(1, 200):
+        data = os.urandom(size)
+        block = bytearray(b"-----BEGIN PRIVATE KEY-----\r\n" + base64.encodebytes(data)
+                          + b"-----END PRIVATE KEY-----\n")
+        out = bytearray(len(block))
+        assert bytes(out[:_decode_key_block(block, out)]) == data
+    for bad in (b"AB*D\n", b"AB=D\n"):
+        block = bytearray(b"-----BEGIN PRIVATE KEY-----\n" + bad + b"-----END PRIVATE KEY-----\n")
+        with pytest.raises(PemError):
+            _decode_key_block(block, bytearray(len(block)))

@@ -206,6 +206,53 @@ def _check_rsa_crt(key: rsa.RSAPrivateKey) -> None:
         raise ValueError("inconsistent RSA private key")
 
 
+# base64's alphabet: value of each byte, -1 for anything else (whitespace is skipped apart).
+_B64 = [-1] * 256
+for _i, _c in enumerate(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"):
+    _B64[_c] = _i
+_SPACE = frozenset(b" \t\r\n")
+
+
+def _decode_key_block(clear: bytearray, der: bytearray) -> int:
+    """The DER inside the one PEM block in `clear` (its BEGIN line, base64, END line), decoded
+    into `der` byte by byte: no bytes object ever holds it, so that wiping `der` leaves no
+    copy (cryptography's load_pem_private_key decodes into a buffer it frees unwiped).
+    Returns the DER's length. Raises PemError."""
+    start = clear.find(b"\n") + 1
+    end = clear.find(_END, start)
+    if start <= 0 or end < 0:
+        raise PemError("bad private key: no base64 body")
+    # Every value computed from the secret stays below 256: CPython's small ints are shared
+    # and never allocated, so no freed int object keeps a piece of the key either.
+    n = phase = prev = 0
+    padding = False
+    for i in range(start, end):
+        c = clear[i]
+        if c in _SPACE:
+            continue
+        if c == 0x3D:   # '='
+            padding = True
+            continue
+        v = _B64[c]
+        if v < 0 or padding:
+            raise PemError("bad private key: not base64")
+        if phase == 0:
+            prev = v
+        elif phase == 1:
+            der[n] = (prev << 2) | (v >> 4)
+            prev = v & 0x0F
+            n += 1
+        elif phase == 2:
+            der[n] = (prev << 4) | (v >> 2)
+            prev = v & 0x03
+            n += 1
+        else:
+            der[n] = (prev << 6) | v
+            n += 1
+        phase = (phase + 1) & 3
+    return n
+
+
 def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     """After the jail, when the key is selected for signing: decrypt the secret block into a
     buffer that is wiped after cryptography has parsed it, and check that the key is the
@@ -213,20 +260,23 @@ def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurv
     leaf = parse_public(sealed)[0][0]
     sealed_key = sealed.sealed_key
     clear = bytearray(len(sealed_key) - 12 - 16)
+    der = bytearray(len(clear))
     try:
         try:
             sealed._sealer.decrypt_into(sealed_key[:12], memoryview(sealed_key)[12:], None,
                                         clear)
         except InvalidTag:
             raise PemError("sealed key corrupted") from None
+        size = _decode_key_block(clear, der)
         try:
             # cryptography's RSA key validation (OpenSSL's RSA_check_key: primality tests of
             # p and q) costs about 65 ms per load for RSA 2048, i.e. per connection, which is
             # most of an RSA handshake. The C version (BearSSL) does not do it either. Skipped,
             # and replaced by _check_rsa_crt's arithmetic consistency check (microseconds),
             # which catches a corrupted key before it could make a faulty CRT signature.
-            key = serialization.load_pem_private_key(clear, password=None,
-                                                     unsafe_skip_rsa_key_validation=True)
+            with memoryview(der) as view:
+                key = serialization.load_der_private_key(
+                    view[:size], password=None, unsafe_skip_rsa_key_validation=True)
             if isinstance(key, rsa.RSAPrivateKey):
                 _check_rsa_crt(key)
         except TypeError:
@@ -235,6 +285,7 @@ def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurv
             raise PemError(f"bad private key: {e}") from None
     finally:
         clear[:] = bytes(len(clear))
+        der[:] = bytes(len(der))
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise PemError("private key type not supported")
     leaf_public = x509.load_der_x509_certificate(leaf).public_key()
