@@ -47,9 +47,11 @@ def _read_all(fd: int) -> bytes:
 
 def run_jailed(jail_dir: str, inside: Callable[[], dict[str, Any]],
                outside: Callable[[int], dict[str, Any]] | None = None,
-               account: str | Account | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fork; the child jails, runs `inside`, reports JSON, then waits until the parent has run
-    `outside(pid)` on the live process. Returns (inside report, outside report)."""
+               account: str | Account | None = None,
+               files: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fork; the child jails (`files`: jail()'s), runs `inside`, reports JSON, then waits until
+    the parent has run `outside(pid)` on the live process. Returns (inside report, outside
+    report)."""
     prepare()
     report_r, report_w = os.pipe()
     hold_r, hold_w = os.pipe()
@@ -60,7 +62,7 @@ def run_jailed(jail_dir: str, inside: Callable[[], dict[str, Any]],
             os.close(report_r)
             os.close(hold_w)
             try:
-                acct = jail(account, jail_dir)
+                acct = jail(account, jail_dir, files=files)
                 result = {"ok": True, "uid": acct.uid, "gid": acct.gid, **inside()}
             except BaseException as e:        # report everything; a child must not escape
                 result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
@@ -305,22 +307,6 @@ def _files_then_closed() -> dict[str, Any]:
 def test_jail_with_files_left_then_closed(jail_dir: str) -> None:
     """The listener's spare: jailed with RLIMIT_NOFILE still 16 (its client socket must still
     arrive), then close_files() drops it to 0 before the first client byte."""
-    prepare()
-    report_r, report_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            jail(None, jail_dir, files=16)
-            result = {"ok": True, **_files_then_closed()}
-        except BaseException as e:   # noqa: BLE001
-            result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-        os.write(report_w, json.dumps(result).encode())
-        os._exit(0)
-    os.close(report_w)
-    data = b""
-    while chunk := os.read(report_r, 4096):
-        data += chunk
-    os.close(report_r)
-    os.waitpid(pid, 0)
-    result = json.loads(data)
+    result, _ = run_jailed(jail_dir, _files_then_closed, files=16)
+    del result["uid"], result["gid"]
     assert result == {"ok": True, "before": [16, 16], "after": [0, 0], "more": False}
