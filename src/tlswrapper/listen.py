@@ -363,9 +363,7 @@ class Listener:
         """Read the spare's byte, if it sent it: True once it has accepted a connection."""
         try:
             return spare.sock.recv(1, socket.MSG_DONTWAIT) == b"a"
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
+        except OSError:       # nothing yet (EAGAIN), or it is gone
             return False
 
     def _drain_wakeups(self) -> None:

@@ -580,10 +580,8 @@ class Prepared:
         jail.prepare()
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
-        try:
-            self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir))
-        except OSError as e:
-            raise StartError(f"unable to start: {e}") from None
+        # An OSError here becomes StartError in prepare(), as every other start failure.
+        self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir))
         self.anchor_pem = None
         self.prog: child.Prog | None = None
         try:

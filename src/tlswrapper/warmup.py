@@ -165,7 +165,7 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
     import ssl
 
     from .keys.local import LocalKeyService
-    from .tls.events import ApplicationData, ConnectionFailed, HandshakeComplete
+    from .tls.events import ApplicationData, ConnectionFailed
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -197,8 +197,6 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
                 conn.send(event.data)
             elif isinstance(event, ConnectionFailed):
                 return False
-            elif isinstance(event, HandshakeComplete):
-                pass
         if echoed:
             conn.close()
         out = conn.outgoing()
