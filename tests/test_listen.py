@@ -505,3 +505,76 @@ def test_warm_up_key_is_in_no_listener_or_network_process_memory(pki) -> None:
             assert der not in memory and not any(line in memory for line in lines), pid
         with tls_connect(port) as conn:        # and the spares still serve
             assert echo(conn) == b"hello\n"
+
+
+def _zombies(pid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            f = _stat_fields(int(entry))
+            if f is not None and int(f[1]) == pid and f[0] == b"Z":
+                count += 1
+    return count
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        kids = children(todo.pop())
+        out += kids
+        todo += kids
+    return out
+
+
+def test_many_good_and_bad_connections_leave_the_listener_as_it_was(pki) -> None:
+    """A long-running listener must not leak: after full handshakes, clients that hang up at
+    once, clients that send garbage and clients that stop halfway through the handshake, the
+    listener holds as many descriptors as before, has only its spares as children (no zombie),
+    and every connection's processes are gone. The garbage is answered with an alert and a
+    log line (-vv), as under tcpserver."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, tls=("-vv",)), port) as srv:
+        # -vv logs several lines per connection: read them as they come, or the pipe fills.
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=lambda: chunks.extend(iter(
+            lambda: srv.proc.stderr.read1(65536), b"")))
+        reader.start()
+        pid = srv.proc.pid
+        wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
+        fds_before = len(os.listdir(f"/proc/{pid}/fd"))
+        hello = _client_hello()
+        alerts = 0
+        for i in range(40):
+            with tls_connect(port) as conn:                     # a full connection
+                assert echo(conn, b"%d\n" % i) == b"%d\n" % i
+            socket.create_connection(("127.0.0.1", port)).close()   # hangs up at once
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(b"GET / HTTP/1.0\r\n\r\n")         # not TLS
+                answer = raw.recv(64)
+                alerts += answer[:1] == b"\x15"
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(hello)                              # ClientHello, then gone
+                raw.recv(1)
+        assert alerts == 40, "every non-TLS client is answered with an alert record"
+        wait_until(lambda: not srv.network_processes(), what="every connection to end")
+        wait_until(lambda: len(children(pid)) == 2 and _zombies(pid) == 0,
+                   what="only the 2 spares left, no zombie")
+        wait_until(lambda: len(_descendants(pid)) == 6,
+                   what="2 spares with a key process and prog's child each, nothing else")
+        assert len(os.listdir(f"/proc/{pid}/fd")) == fds_before
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(10) == 0
+        reader.join(10)
+        log = b"".join(chunks)
+    assert log.count(b"TLS alert unexpected_message sent: record of unknown content type") \
+        == 40, log.decode(errors="replace")
+    assert b"Traceback" not in log and b"internal error" not in log
+
+
+def _client_hello() -> bytes:
+    """The first flight of Python's ssl client (a ClientHello record), made in memory."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = client_context().wrap_bio(incoming, outgoing, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        obj.do_handshake()
+    return outgoing.read()
