@@ -14,7 +14,9 @@ RSA 2048 certificates:
   (c) bulk download (prog: head -c SIZE /dev/zero) and upload
       (prog: head -c SIZE >/dev/null; echo done), MB/s;
   (d) time to first byte (connect until the first byte of the echoed line), p50 and p99,
-      from the sequential run;
+      from the sequential run (the client sets TCP_NODELAY); and p50 again with a client
+      that leaves Nagle's algorithm on (most clients' default), which shows a server that
+      delays its ACKs during the handshake;
   (e) PSS and RSS of all processes serving one idle connection (/proc/PID/smaps_rollup);
   and the client's own CPU time per handshake, so that a client-bound figure shows.
 
@@ -155,9 +157,11 @@ def client_context(version: str) -> ssl.SSLContext:
     return ctx
 
 
-def handshakes(port: int, version: str, seconds: float, min_count: int) -> dict:
+def handshakes(port: int, version: str, seconds: float, min_count: int,
+               nodelay: bool = True) -> dict:
     """Sequential connections for `seconds` (and at least min_count): per connection the
-    time to first byte; overall the rate and this process's CPU per connection."""
+    time to first byte; overall the rate and this process's CPU per connection. With
+    nodelay=False the client leaves Nagle's algorithm on, as many clients do."""
     ctx = client_context(version)
     ttfb = []
     cipher = None
@@ -167,7 +171,8 @@ def handshakes(port: int, version: str, seconds: float, min_count: int) -> dict:
     while time.perf_counter() < end or len(ttfb) < min_count:
         t0 = time.perf_counter()
         sock = socket.create_connection((HOST, port))
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if nodelay:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         conn = ctx.wrap_socket(sock)
         conn.sendall(LINE)
         data = conn.recv(4096)
@@ -381,6 +386,9 @@ def run(args: argparse.Namespace) -> dict:
                             add((cert, version, impl, "conc"),
                                 concurrent(srv.port, version, args.seconds, args.clients))
                             add((cert, version, impl, "mem"), idle_memory(srv, version))
+                            add((cert, version, impl, "nagle"),
+                                handshakes(srv.port, version, args.seconds / 3, 10,
+                                           nodelay=False))
                         finally:
                             srv.stop()
                     if "bulk" in args.only:
@@ -412,6 +420,9 @@ def summarize(raw: dict, args: argparse.Namespace) -> dict:
             s["ttfb_p50_ms"] = 1000 * percentile(all_ttfb, 0.50)
             s["ttfb_p99_ms"] = 1000 * percentile(all_ttfb, 0.99)
             s["cipher"] = runs[0]["cipher"]
+        elif what == "nagle":
+            all_ttfb = [t for r in runs for t in r["ttfb"]]
+            s["ttfb_nagle_p50_ms"] = 1000 * percentile(all_ttfb, 0.50)
         elif what == "conc":
             s["hs_conc"] = median([r["count"] / r["seconds"] for r in runs])
             s["client_cpu_conc_ms"] = median([1000 * r["cpu"] / r["count"] for r in runs])
@@ -434,6 +445,8 @@ ROWS = (  # (key, label, format, higher is better)
     ("up_MBps", "upload MB/s", "{:.0f}", True),
     ("ttfb_p50_ms", "time to first byte p50, ms", "{:.2f}", False),
     ("ttfb_p99_ms", "time to first byte p99, ms", "{:.2f}", False),
+    ("ttfb_nagle_p50_ms", "time to first byte p50, client with Nagle on (no TCP_NODELAY), ms",
+     "{:.2f}", False),
     ("pss_kib", "PSS of one idle connection, KiB", "{:.0f}", False),
     ("rss_kib", "RSS of one idle connection, KiB", "{:.0f}", False),
     ("uss_kib", "USS (private memory) of one idle connection, KiB", "{:.0f}", False),

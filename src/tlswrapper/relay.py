@@ -30,6 +30,7 @@ READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
 TLS_HANDSHAKE_RECORD = 0x16
+TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)   # Linux: <netinet/tcp.h>
 
 
 def _nonblocking(fd: int) -> None:
@@ -242,6 +243,20 @@ class Relay:
             self.to_client.clear()
             return
         del self.to_client[:n]
+        if not self.to_client and not self.tls_up and not self.cleartext \
+                and self.client_sock is not None:
+            self._quick_ack()
+
+    def _quick_ack(self) -> None:
+        """Our handshake flight is out: have the kernel acknowledge the client's next
+        segment at once. In TLS 1.3 we send nothing after the client's Finished, so its
+        acknowledgement would wait for Linux's delayed-ACK timer (40 ms), and a client that
+        leaves Nagle's algorithm on holds its first application data back until then
+        (measured: time to first byte 52 ms instead of 10 ms, TLS 1.2 unaffected)."""
+        try:
+            self.client_sock.setsockopt(socket.IPPROTO_TCP, TCP_QUICKACK, 1)
+        except OSError:
+            pass    # not TCP (a UNIX socket, say): nothing is delayed there
 
     def _read_prog(self) -> None:
         try:
