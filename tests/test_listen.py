@@ -578,3 +578,32 @@ def _client_hello() -> bytes:
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
+
+
+def _socket_of(pid: int, fd: int) -> socket.socket:
+    """A duplicate of another process's descriptor (pidfd_getfd(2), Linux 5.6; root)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    try:
+        got = libc.syscall(438, pidfd, fd, 0)      # SYS_pidfd_getfd on x86-64
+        if got < 0:
+            err = ctypes.get_errno()
+            pytest.skip(f"pidfd_getfd: {os.strerror(err)}")
+    finally:
+        os.close(pidfd)
+    return socket.socket(fileno=got)
+
+
+def test_connections_are_served_with_tcp_nodelay(pki) -> None:
+    """As under tcpserver -D: the relay writes whole batches of records, which must not wait
+    for the client's ACK of the previous one (Nagle's algorithm)."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("the syscall number used is x86-64's")
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
+        with tls_connect(port) as conn:
+            assert echo(conn) == b"hello\n"
+            (serving,) = srv.network_processes()
+            with _socket_of(serving, 1) as sock:
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0

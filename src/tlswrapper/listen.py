@@ -275,6 +275,11 @@ def spare_main(sock: socket.socket, listening: socket.socket, close: Sequence[in
             pass
         sock.close()
         try:
+            # As tcpserver -D: records go out as they are made (the relay batches already).
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass      # not TCP (systemd may pass a UNIX socket)
+        try:
             env = connection_environment(conn)
         except OSError:
             env = {}       # the client is gone already; the relay ends it quickly
