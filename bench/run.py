@@ -22,7 +22,8 @@ RSA 2048 certificates:
 
 The client is Python's ssl module (OpenSSL), one process per concurrent client, with
 verification off (it still checks the handshake signature). Results: bench/results/*.json and
-*.md (gitignored); the markdown table is printed at the end.
+*.md (gitignored); the markdown table is printed at the end. The same servers against real
+client programs (curl, openssl s_client, gnutls-cli), by hand: bench/real_clients.py.
 """
 
 from __future__ import annotations
