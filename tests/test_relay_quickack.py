@@ -70,13 +70,18 @@ def test_without_the_relay_the_kernel_delays_acks() -> None:
             pytest.skip("this kernel did not enter delayed-ACK mode")
 
 
-def test_no_quick_ack_once_the_handshake_is_done() -> None:
-    """After the handshake, application data is prog's: the relay leaves the kernel's ACK
-    policy alone (one setsockopt per handshake flight, none per record)."""
+def test_one_more_quick_ack_after_the_handshake_then_none() -> None:
+    """The flight written once the handshake has completed (TLS 1.2's ChangeCipherSpec and
+    Finished; in TLS 1.3 our first application data) is the last one quick-ACKed: a client
+    that writes its request in two pieces with Nagle on would otherwise wait 40 ms for the
+    second. After that, application data is prog's: the relay leaves the kernel's ACK policy
+    alone (one setsockopt per handshake flight, none per record)."""
     client, accepted = _connected_pair()
     with client, accepted:
         relay = _relay(accepted, tls_up=True)
         try:
+            _answer_in_ping_pong(relay, client, accepted)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, TCP_QUICKACK) == 1
             _answer_in_ping_pong(relay, client, accepted)
             assert accepted.getsockopt(socket.IPPROTO_TCP, TCP_QUICKACK) == 0
         finally:
