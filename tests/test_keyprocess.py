@@ -23,7 +23,8 @@ from tlswrapper import ipc
 from tlswrapper.keyclient import KeyProcessDied, PipeKeyService, start_key_process
 from tlswrapper.keys import service as key_service
 from tlswrapper.tls import suites
-from tlswrapper.tls.secrets import READ, WRITE, Candidate, KeyServiceError, Unusable
+from tlswrapper.tls.secrets import (READ, WRITE, Candidate, KeyRefused, KeyServiceError,
+                                    Unusable)
 
 
 class Fake:
@@ -50,6 +51,8 @@ class Fake:
         if index == -1 and self.jail is not None:
             self.jail()             # as LocalKeyService.load does
             return
+        if index == 9:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "key does not match certificate")
         self._log("select", index)
 
     def sign(self, scheme, data):
@@ -220,6 +223,41 @@ def test_deferred_call_error_surfaces_from_the_next_call(fake_ks):
     assert calls[-1] == ("activate", READ)
 
 
+def test_deferred_select_goes_with_the_flight_and_its_error_is_key_refused(fake_ks):
+    ks, _ = fake_ks
+    writes = []
+    real = ipc.write_parts
+
+    def counting(fd, parts):
+        writes.append(fd)
+        return real(fd, parts)
+    ipc.write_parts = counting
+    try:
+        assert ks.select(2) is None
+        assert writes == []
+        assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
+        assert len(writes) == 1
+        # A refused select: the call sent with it raises KeyRefused, even though this key
+        # side (a fake that keeps its previous key) answered it: the answer is dropped.
+        ks.select(9)
+        with pytest.raises(KeyRefused) as e:
+            ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
+                               [b"ee"], False)
+        assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR,
+                                                   "key does not match certificate")
+        assert len(writes) == 2
+    finally:
+        ipc.write_parts = real
+    # Any other deferred call's error is not KeyRefused; the pipes are still in step.
+    ks.activate(7)
+    with pytest.raises(KeyServiceError) as e2:
+        ks.sign(7, b"x")
+    assert not isinstance(e2.value, KeyRefused)
+    assert ks.sign(7, b"ok") == b"\x00\x07ok"
+    calls, _fds, _jailed = state(ks)
+    assert [c[0] for c in calls] == ["select", "server_key_exchange12", "server_flight13"]
+
+
 def test_deferred_calls_dropped_at_close(fake_ks):
     ks, _ = fake_ks
     ks.activate(READ)
@@ -374,6 +412,7 @@ def test_key_process_dies_with_the_network_process(jailed):
                                          factory=lambda jail: Fake(jail), log=None)
             if jailed:
                 ks.select(-1)
+                ks.sign(0, b"")      # select is deferred: it goes with this call
             holder = os.fork()
             if holder == 0:              # holds ks.wfd open: no EOF for the key process
                 time.sleep(30)
@@ -572,6 +611,45 @@ def test_real_local_key_service(tmp_path):
         ks.activate(WRITE)
         sealed = ks.seal([(suites.APPLICATION_DATA, b"hello")])
         assert sealed[:3] == b"\x17\x03\x03" and len(sealed) == 5 + 5 + 1 + 16
+    finally:
+        status = ks.close()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.skipif(not _local_available(), reason="tlswrapper.keys.local not written yet")
+def test_real_key_process_refused_select_then_the_next_key(tmp_path):
+    """The key process with LocalKeyService: a deferred select of a key that does not match
+    its certificate comes back as KeyRefused from the flight call sent with it (which failed
+    for want of a key, doing nothing); the next select and flight sign with the right key."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tlswrapper.tls import messages
+
+    path, _der, cert = _make_pem(str(tmp_path))
+    with open(path, "rb") as f:
+        chain = f.read().split(b"-----END PRIVATE KEY-----\n", 1)[1]
+    wrong = os.path.join(str(tmp_path), "wrong.pem")
+    with open(wrong, "wb") as f:
+        f.write(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()) + chain)
+    ks, _pid = start_key_process(None)
+    try:
+        assert len(ks.load([wrong, path])) == 2
+        ks.select(0)
+        with pytest.raises(KeyRefused) as e:
+            ks.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256, b"c" * 32,
+                                     b"s" * 32)
+        assert "key does not match certificate" in e.value.reason
+        with pytest.raises(KeyServiceError, match="sign before select"):
+            ks.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
+        ks.select(1)
+        public, sig = ks.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256,
+                                               b"c" * 32, b"s" * 32)
+        cert.public_key().verify(
+            sig, b"c" * 32 + b"s" * 32 + messages.ecdhe_params(suites.X25519, public),
+            ec.ECDSA(hashes.SHA256()))
     finally:
         status = ks.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -97,6 +97,47 @@ def test_select_refuses_unusable_and_reports_mismatch(tmp_path: Path, rsa_file) 
         svc.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
 
 
+def test_failed_select_leaves_no_key_and_the_flights_fail_first(tmp_path: Path,
+                                                                  ec_file) -> None:
+    """A failed select never leaves an earlier key in use: the engine may have sent its
+    flight call right behind the select (PipeKeyService defers select), and that call must
+    fail before doing anything rather than sign with a key the engine did not choose."""
+    key, other = kh.ec_key(), kh.ec_key()
+    wrong = kh.write_pem(tmp_path / "wrong.pem", key, [kh.certificate(other)])
+    svc = local.LocalKeyService()
+    svc.load([str(ec_file[0]), str(wrong)])
+    svc.select(0)
+    assert svc.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
+    with pytest.raises(KeyServiceError):
+        svc.select(1)        # the other sealed keys were dropped at select(0): refused
+    with pytest.raises(KeyServiceError, match="sign before select"):
+        svc.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
+
+    svc = local.LocalKeyService()
+    svc.load([str(wrong), str(ec_file[0])])
+    with pytest.raises(KeyServiceError, match="key does not match certificate"):
+        svc.select(0)
+    peer = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    with pytest.raises(KeyServiceError, match="no key selected") as e:
+        svc.server_flight13(suites.X25519, peer, 0x1301, suites.ECDSA_SECP256R1_SHA256,
+                            [b"ch"], b"sh", [b"ee"], False)
+    assert e.value.alert == suites.INTERNAL_ERROR
+    with pytest.raises(KeyServiceError, match="no key selected"):
+        svc.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256, b"c" * 32,
+                                  b"s" * 32)
+    # Nothing was done: no ephemeral key, no secret, no protection.
+    assert svc._ephemeral is None and svc._shared is None and svc._schedule is None
+    assert svc._current == [None, None] and svc._pending == [None, None]
+    # The next candidate works, and signs with its own key.
+    svc.select(1)
+    public, signature = svc.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256,
+                                                  b"c" * 32, b"s" * 32)
+    from tlswrapper.tls import messages
+    ec_file[1].public_key().verify(
+        signature, b"c" * 32 + b"s" * 32 + messages.ecdhe_params(suites.X25519, public),
+        ec.ECDSA(hashes.SHA256()))
+
+
 # --- signatures -----------------------------------------------------------------------------
 
 RSA_SCHEMES = [suites.RSA_PKCS1_SHA1, suites.RSA_PKCS1_SHA256, suites.RSA_PKCS1_SHA384,

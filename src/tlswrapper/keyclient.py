@@ -15,7 +15,7 @@ import time
 from tlswrapper import ipc
 from tlswrapper.keys import service as key_service
 from tlswrapper.tls import suites
-from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+from tlswrapper.tls.secrets import Candidate, KeyRefused, KeyServiceError, Unusable
 
 # typing is not imported at run time (each tcpserver-mode connection imports this module).
 TYPE_CHECKING = False
@@ -85,9 +85,10 @@ def _flight13(v: Any) -> tuple[bytes, bytes, bytes, bytes, bytes]:
 
 class PipeKeyService:
     """The KeyService of the engine in production: each call that answers something is one
-    request/answer round trip to the key process; activate() and key_update() are deferred
-    and sent in the same write as the next call (secrets.py: "Round trips"). Not thread-safe
-    (one connection, one thread)."""
+    request/answer round trip to the key process; select(), activate() and key_update() are
+    deferred and sent in the same write as the next call (secrets.py: "Round trips"): a failed
+    select is raised by that call as KeyRefused. Not thread-safe (one connection, one
+    thread)."""
 
     def __init__(self, rfd: int, wfd: int, pid: int | None = None) -> None:
         self.rfd = rfd          # answers from the key process
@@ -128,12 +129,16 @@ class PipeKeyService:
         try:
             ipc.write_parts(self.wfd, parts)
             # The deferred calls' answers first, in order; the first error among them is
-            # raised once every answer is read (the pipes stay in step).
+            # raised once every answer is read (the pipes stay in step). A failed select is
+            # KeyRefused: the call sent with it failed for want of a key (or, from a key side
+            # that kept one, answered with a key the engine did not choose): dropped.
             error: KeyServiceError | None = None
             for deferred_name, _ in deferred:
                 value = self._answer(deferred_name)
                 if isinstance(value, KeyServiceError):
-                    error = error or value
+                    if error is None:
+                        error = KeyRefused(value.alert, value.reason) \
+                            if deferred_name == "select" else value
                 elif value is not None:
                     raise self._die(f"key process answered {deferred_name} with a value")
             value = self._answer(name)
@@ -182,7 +187,8 @@ class PipeKeyService:
         self._check("ready", self._call("ready", ()), _none)
 
     def select(self, index: int) -> None:
-        self._check("select", self._call("select", (index,)), _none)
+        # Deferred: it goes with the server flight call that signs (one round trip fewer).
+        self._defer("select", (index,))
 
     def sign(self, scheme: int, data: bytes) -> bytes:
         return self._check("sign", self._call("sign", (scheme, data)), _bytes)

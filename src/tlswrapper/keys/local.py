@@ -159,6 +159,10 @@ class LocalKeyService:
         return data
 
     def select(self, index: int) -> None:
+        # Whatever happens below, no earlier key stays selected: after a failed select the
+        # calls that sign fail (the engine may have sent its flight call right behind this
+        # select, deferred, and must never get a signature by another key than its choice).
+        self._key = None
         if not 0 <= index < len(self._sealed) or not self._usable[index]:
             raise KeyServiceError(suites.HANDSHAKE_FAILURE, f"no usable certificate {index}")
         sealed = self._sealed[index]
@@ -175,6 +179,12 @@ class LocalKeyService:
             raise KeyServiceError(suites.INTERNAL_ERROR, f"{sealed.path}: {e.reason}") from None
         # The other files' sealed keys are no longer needed.
         self._sealed = [s if i == index else None for i, s in enumerate(self._sealed)]
+
+    def _require_key(self) -> None:
+        """The server flight calls check this first, so that after a failed (deferred) select
+        they fail before doing anything: no ephemeral key, no secrets, no key activated."""
+        if self._key is None:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "no key selected")
 
     def sign(self, scheme: int, data: bytes) -> bytes:
         key = self._key
@@ -282,6 +292,7 @@ class LocalKeyService:
 
     def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
                               server_random: bytes) -> tuple[bytes, bytes]:
+        self._require_key()
         public = self.key_share(group)
         params = messages.ecdhe_params(group, public)
         return public, self.sign(scheme, client_random + server_random + params)
@@ -346,6 +357,7 @@ class LocalKeyService:
                         transcript: Sequence[bytes], hello_head: bytes,
                         flight: Sequence[bytes], client_auth: bool,
                         ) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+        self._require_key()
         cs = suites.SUITES.get(suite)
         if cs is None or cs.version_min != suites.TLS13:
             raise KeyServiceError(suites.INTERNAL_ERROR, f"suite {suite:#06x} is not TLS 1.3")

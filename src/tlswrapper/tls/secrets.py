@@ -20,7 +20,10 @@ process, so the server flights have one call each that does a whole step on the 
 key_update(), whose answers the engine never needs, may be deferred by an implementation
 until the next call (PipeKeyService sends them in the same write as that call). Their errors
 (engine bugs: internal_error) then surface from that call; if no call follows, they are not
-made at all.
+made at all. select() may be deferred the same way (PipeKeyService sends it with the server
+flight call that signs: one round trip fewer per handshake); its error then surfaces from
+that call as KeyRefused, so that the engine can tell a refused certificate (it tries the next
+one) from a failure of the flight call itself.
 """
 
 from __future__ import annotations
@@ -51,6 +54,12 @@ class KeyServiceError(Exception):
         super().__init__(reason)
         self.alert = alert
         self.reason = reason
+
+
+class KeyRefused(KeyServiceError):
+    """A deferred select() failed (the key does not match its certificate, say): raised by
+    the call the select was sent with, whatever that call answered (it fails too: no key is
+    selected after a failed select). The engine reports the candidate and tries the next."""
 
 
 class Candidate(Frozen):
@@ -95,7 +104,11 @@ class KeyService(Protocol):
         KeyServiceError when the file cannot be read or load() was already called."""
 
     def select(self, index: int) -> None:
-        """Use the private key of candidate `index` of load()'s answer for sign()."""
+        """Use the private key of candidate `index` of load()'s answer for sign() (and the
+        server flight calls, which sign). Raises KeyServiceError when that key cannot be used
+        (e.g. it does not match its certificate); a failed select leaves no key selected, not
+        an earlier one, so the calls that sign fail until a select succeeds. May be deferred
+        (see the top): its error then comes as KeyRefused from the next call."""
 
     def sign(self, scheme: int, data: bytes) -> bytes:
         """Sign `data` with the selected key under signature scheme `scheme` (suites.*;
@@ -134,7 +147,7 @@ class KeyService(Protocol):
                               server_random: bytes) -> tuple[bytes, bytes]:
         """key_share(group), then sign(scheme, client_random + server_random +
         ServerECDHParams) as the ServerKeyExchange wants it (RFC 8422 5.4): (public share,
-        signature) in one call."""
+        signature) in one call. With no key selected it fails first, having done nothing."""
 
     def seal_finished12(self, handshake_hash: bytes) -> bytes:
         """The server's Finished message (verify_data of finished12(SENDER_SERVER,
@@ -167,7 +180,8 @@ class KeyService(Protocol):
         activate WRITE. Returns (our share, the CertificateVerify message, the Finished
         message, the sealed records, the client's Finished verify_data expected over
         ..server Finished, or b"" with `client_auth`, when it comes after the client's
-        Certificate and CertificateVerify). Raises as the calls it makes."""
+        Certificate and CertificateVerify). Raises as the calls it makes; with no key
+        selected it fails first, having done nothing (no key share, no keys activated)."""
 
     def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
         """verify_data of `sender`'s Finished (the current handshake traffic secret)."""

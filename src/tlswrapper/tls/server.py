@@ -27,7 +27,7 @@ from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientH
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
-from .secrets import (READ, SENDER_CLIENT, WRITE, Candidate, KeyService,
+from .secrets import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
                       KeyServiceError, Unusable)
 from .wire import DecodeError, Reader, handshake_message
 
@@ -155,6 +155,10 @@ class ServerConnection:
         self._secure_renegotiation = False
         self._point_formats: bytes | None = None
         self._candidate: Candidate | None = None
+        # The fitting candidates not tried yet, best first: (index, candidate, suite code or
+        # None (TLS 1.3: the suite does not depend on it), signature scheme).
+        self._choices: list[tuple[int, Candidate, int | None, int]] = []
+        self._no_fit = ""               # the failure reason when no candidate fits at all
         self._refused: list[str] = []   # why the key side refused candidates at select()
         self._client_chain: tuple[bytes, ...] = ()   # -a: the verified client chain
         self._client_identity: object | None = None
@@ -607,17 +611,37 @@ class ServerConnection:
                          "no usable certificate" + (f" ({reasons})" if reasons else ""))
         return usable
 
-    def _select(self, index: int) -> bool:
-        """Ask the key side for candidate `index`'s private key. It is parsed only now (never
-        before the first signature), so this is where a key that does not match its
-        certificate shows: that candidate is reported and the next fitting one is tried."""
-        try:
-            self.keys.select(index)
-        except KeyServiceError as e:
-            self._refused.append(e.reason)
-            self._events.append(CertificateRefused(index, e.reason))
-            return False
-        return True
+    def _refuse(self, index: int, reason: str) -> None:
+        self._refused.append(reason)
+        self._events.append(CertificateRefused(index, reason))
+
+    def _with_certificate(self, flight: Callable[[], None]) -> None:
+        """Select the first fitting candidate not tried yet (self._choices) and make `flight`,
+        the server flight whose key-side call signs with its key. The key side parses a
+        private key only at select() (never before the first signature), so this is where a
+        key that does not match its certificate shows: that candidate is reported
+        (CertificateRefused) and the flight is made again with the next one. The in-process
+        KeyService raises from select() itself; PipeKeyService defers select() into the
+        flight call's round trip and raises KeyRefused from that call instead (which failed
+        for want of a key, so nothing of it is used)."""
+        while self._choices:
+            index, cand, suite, scheme = self._choices.pop(0)
+            self._candidate = cand
+            self.scheme = scheme
+            if suite is not None:
+                self.suite = suites.SUITES[suite]
+            try:
+                self.keys.select(index)
+            except KeyServiceError as e:
+                self._refuse(index, e.reason)
+                continue
+            try:
+                flight()
+            except KeyRefused as e:
+                self._refuse(index, e.reason)
+                continue
+            return
+        self._no_certificate(self._no_fit)
 
     def _no_certificate(self, reason: str) -> None:
         if self._refused:
@@ -630,22 +654,22 @@ class ServerConnection:
         suite = self._pick_suite(hello.cipher_suites, self.config.suite_codes(suites.TLS13))
         if suite is None:
             raise _Abort(suites.HANDSHAKE_FAILURE, "no cipher suite in common")
-        chosen = None
+        choices: list[tuple[int, Candidate, int | None, int]] = []
         for index, cand in self._usable_candidates(candidates):
             scheme = next((s for s in suites.SCHEMES_13.get(cand.key_type, ())
                            if s in self._schemes), None)
-            if scheme is not None and self._select(index):
-                chosen = (index, cand, scheme)
-                break
-        if chosen is None:
-            self._no_certificate("no certificate fits the client's signature algorithms")
-        index, cand, scheme = chosen
+            if scheme is not None:
+                choices.append((index, cand, None, scheme))
+        self._no_fit = "no certificate fits the client's signature algorithms"
+        if not choices:
+            self._no_certificate(self._no_fit)
+        # The key is selected with the server flight (_with_certificate), after a
+        # HelloRetryRequest if one is needed: neither the suite nor the group depends on it.
+        self._choices = choices
         enabled = self.config.group_codes
         shared = {g: s for g, s in self._shares}
         group = next((g for g in enabled if g in shared), None)
         self.suite = suites.SUITES[suite]
-        self.scheme = scheme
-        self._candidate = cand
         if group is None:
             group = next((g for g in enabled if g in self._groups), None)
             if group is None:
@@ -675,7 +699,7 @@ class ServerConnection:
         if version < suites.TLS12:
             schemes = (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
         enabled = self.config.suite_codes(version)
-        chosen = None
+        choices: list[tuple[int, Candidate, int | None, int]] = []
         for index, cand in self._usable_candidates(candidates):
             auth = "rsa" if cand.key_type == suites.KEY_RSA else "ecdsa"
             if auth == "ecdsa" and self._groups and \
@@ -685,20 +709,17 @@ class ServerConnection:
             suite = self._pick_suite(hello.cipher_suites, usable)
             scheme = next((s for s in suites.SCHEMES_12.get(cand.key_type, ())
                            if s in schemes), None)
-            if suite is not None and scheme is not None and self._select(index):
-                chosen = (index, cand, suite, scheme)
-                break
-        if chosen is None:
-            self._no_certificate("no certificate and cipher suite fit the client's offer")
-        index, cand, suite, scheme = chosen
-        if version < suites.TLS12:
-            scheme = suites.LEGACY_RSA_MD5_SHA1 if cand.key_type == suites.KEY_RSA \
-                else suites.LEGACY_ECDSA_SHA1
-        self.suite = suites.SUITES[suite]
+            if suite is not None and scheme is not None:
+                if version < suites.TLS12:
+                    scheme = suites.LEGACY_RSA_MD5_SHA1 if cand.key_type == suites.KEY_RSA \
+                        else suites.LEGACY_ECDSA_SHA1
+                choices.append((index, cand, suite, scheme))
+        self._no_fit = "no certificate and cipher suite fit the client's offer"
+        if not choices:
+            self._no_certificate(self._no_fit)
+        self._choices = choices
         self.group = group
-        self.scheme = scheme
-        self._candidate = cand
-        self._server_flight_12()
+        self._with_certificate(self._server_flight_12)
 
     # ------------------------------------------------------------------ TLS 1.3
     def _make_server_random(self) -> bytes:
@@ -757,11 +778,16 @@ class ServerConnection:
         self._server_flight_13(shares[0][1])
 
     def _server_flight_13(self, peer_share: bytes) -> None:
-        hello = self.client_hello
         expected = suites.KEY_SHARE_SIZES[self.group][0]
         if len(peer_share) != expected:
             raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(peer_share)} bytes for "
                          f"group {suites.GROUP_LABELS[self.group]}")
+        self._with_certificate(lambda: self._flight_13(peer_share))
+
+    def _flight_13(self, peer_share: bytes) -> None:
+        """The flight with the certificate and scheme _with_certificate chose; nothing of the
+        engine's state changes before the key side's answer but the server random."""
+        hello = self.client_hello
         self._server_random = self._random(32)
         # Our key share is the last thing in the ServerHello (key_share, the last extension,
         # ends with it): the key side makes it and appends it to `hello_head`.
