@@ -242,3 +242,21 @@ def test_key_block_base64_decoded_in_place_matches_the_standard_decoder() -> Non
         block = bytearray(b"-----BEGIN PRIVATE KEY-----\n" + bad + b"-----END PRIVATE KEY-----\n")
         with pytest.raises(PemError):
             _decode_key_block(block, bytearray(len(block)))
+
+
+def test_key_side_imports_leave_out_dataclasses_and_the_serialization_package() -> None:
+    """Under tcpserver the key process imports the key side after its fork, on the client's
+    path: cryptography's serialization package (its SSH module) and dataclasses would pull in
+    inspect, ast, dis and tokenize, about 9 ms per connection. The names pem.py needs from
+    serialization are the same objects either way."""
+    import subprocess
+    import sys
+    code = ("import sys, tlswrapper.keyclient, tlswrapper.keys.local, tlswrapper.keys.service;"
+            "print(sorted(m for m in ('dataclasses', 'inspect', "
+            "'cryptography.hazmat.primitives.serialization') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    assert out.strip() == "[]"
+    assert pem.Encoding is serialization.Encoding
+    assert pem.PublicFormat is serialization.PublicFormat
+    assert pem.load_der_private_key is serialization.load_der_private_key

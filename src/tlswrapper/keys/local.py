@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 import cryptography.hazmat.backends.openssl.backend  # noqa: F401
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x25519
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tlswrapper.keys import pem, protect, schedule12, schedule13
+from tlswrapper.keys.pem import Encoding, PublicFormat
 from tlswrapper.tls import messages, secrets, suites
 from tlswrapper.tls.record import split_fragments
 from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable

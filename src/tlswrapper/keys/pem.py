@@ -7,15 +7,28 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidTag, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tlswrapper.tls import suites
+from tlswrapper.tls.frozen import Frozen, init
+
+# cryptography's serialization names without importing its serialization package, which
+# imports its SSH module and with it dataclasses, inspect, ast, dis and tokenize: about 9 ms of
+# every tcpserver-mode key process (whose imports are on the client's path). Encoding and
+# PublicFormat are defined in the private module the package takes them from, and the
+# package's load_der_private_key is the Rust function named here. Should a cryptography
+# release move either, the public package is used: slower, the same behaviour.
+try:
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+    from cryptography.hazmat.primitives._serialization import Encoding, PublicFormat
+    load_der_private_key = _rust_openssl.keys.load_der_private_key
+except (ImportError, AttributeError):       # pragma: no cover -- another cryptography
+    from cryptography.hazmat.primitives.serialization import (Encoding, PublicFormat,
+                                                              load_der_private_key)
 
 MAX_PEM_FILE = 1 << 20          # a chain and a key fit many times over
 RSA_MIN_BITS = 2048
@@ -38,18 +51,29 @@ class PemError(OSError):
         self.reason = reason
 
 
-@dataclass(frozen=True)
-class SealedPem:
+class SealedPem(Frozen):
     """A PEM file as read before the jail. `certificates` are the CERTIFICATE blocks (PEM
     text, not secret); `sealed_key` is nonce || AES-GCM(the private-key block); `key_labels`
     the labels of the private-key blocks found (e.g. b'EC PRIVATE KEY')."""
 
+    __slots__ = ("path", "certificates", "key_labels", "legacy_encrypted", "sealed_key",
+                 "_sealer")
     path: str
     certificates: tuple[bytes, ...]
     key_labels: tuple[bytes, ...]
     legacy_encrypted: bool
     sealed_key: bytes
     _sealer: AESGCM
+
+    def __init__(self, path: str, certificates: tuple[bytes, ...],
+                 key_labels: tuple[bytes, ...], legacy_encrypted: bool, sealed_key: bytes,
+                 _sealer: AESGCM) -> None:
+        init(self, "path", path)
+        init(self, "certificates", certificates)
+        init(self, "key_labels", key_labels)
+        init(self, "legacy_encrypted", legacy_encrypted)
+        init(self, "sealed_key", sealed_key)
+        init(self, "_sealer", _sealer)
 
 
 def _blocks(buf: bytearray, size: int) -> list[tuple[bytes, int, int]]:
@@ -182,7 +206,7 @@ def parse_public(sealed: SealedPem) -> tuple[tuple[bytes, ...], str, int]:
             cert = x509.load_pem_x509_certificate(block)
         except ValueError as e:
             raise PemError(f"bad certificate: {e}") from None
-        chain.append(cert.public_bytes(serialization.Encoding.DER))
+        chain.append(cert.public_bytes(Encoding.DER))
         if leaf is None:
             leaf = cert
     try:
@@ -275,7 +299,7 @@ def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurv
             # and replaced by _check_rsa_crt's arithmetic consistency check (microseconds),
             # which catches a corrupted key before it could make a faulty CRT signature.
             with memoryview(der) as view:
-                key = serialization.load_der_private_key(
+                key = load_der_private_key(
                     view[:size], password=None, unsafe_skip_rsa_key_validation=True)
             if isinstance(key, rsa.RSAPrivateKey):
                 _check_rsa_crt(key)
@@ -289,8 +313,8 @@ def unseal_private_key(sealed: SealedPem) -> rsa.RSAPrivateKey | ec.EllipticCurv
     if not isinstance(key, (rsa.RSAPrivateKey, ec.EllipticCurvePrivateKey)):
         raise PemError("private key type not supported")
     leaf_public = x509.load_der_x509_certificate(leaf).public_key()
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    der = serialization.Encoding.DER
+    spki = PublicFormat.SubjectPublicKeyInfo
+    der = Encoding.DER
     if key.public_key().public_bytes(der, spki) != leaf_public.public_bytes(der, spki):
         raise PemError("key does not match certificate")
     return key

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
 
 from tlswrapper.tls import suites
+from tlswrapper.tls.frozen import Frozen, init
 
 MASTER_SECRET_LEN = 48
 VERIFY_DATA_LEN = 12   # RFC 5246 section 7.4.9: verify_data_length 12 for every suite we have
@@ -88,18 +88,28 @@ def extended_master_secret(version: int, prf_hash: str, premaster: bytes,
                MASTER_SECRET_LEN)
 
 
-@dataclass(frozen=True)
-class KeyBlock:
+class KeyBlock(Frozen):
     """The key block split (RFC 5246 section 6.3). `*_iv` is the fixed IV: the 4-byte salt
     of AES-GCM (RFC 5288), the 12-byte nonce mask of ChaCha20-Poly1305 (RFC 7905), or the
     first CBC IV of TLS 1.0; TLS 1.1/1.2 CBC records carry an explicit IV and ignore it."""
 
+    __slots__ = ("client_mac_key", "server_mac_key", "client_key", "server_key", "client_iv",
+                 "server_iv")
     client_mac_key: bytes
     server_mac_key: bytes
     client_key: bytes
     server_key: bytes
     client_iv: bytes
     server_iv: bytes
+
+    def __init__(self, client_mac_key: bytes, server_mac_key: bytes, client_key: bytes,
+                 server_key: bytes, client_iv: bytes, server_iv: bytes) -> None:
+        init(self, "client_mac_key", client_mac_key)
+        init(self, "server_mac_key", server_mac_key)
+        init(self, "client_key", client_key)
+        init(self, "server_key", server_key)
+        init(self, "client_iv", client_iv)
+        init(self, "server_iv", server_iv)
 
 
 def key_block(version: int, suite: suites.CipherSuite, master: bytes, client_random: bytes,
