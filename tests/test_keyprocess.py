@@ -187,25 +187,28 @@ def test_every_method(fake_ks):
     assert jailed is False
 
 
-def test_deferred_calls_go_with_the_next_call(fake_ks):
-    ks, _ = fake_ks
-    writes = []
+@pytest.fixture
+def pipe_writes(monkeypatch) -> list[int]:
+    """The descriptor of each pipe write the key service makes, in order."""
+    writes: list[int] = []
     real = ipc.write_parts
 
     def counting(fd, parts):
         writes.append(fd)
-        real(fd, parts)
-    ipc.write_parts = counting
-    try:
-        # activate and key_update answer nothing: they wait for the next call and go in its
-        # write, in order; one round trip for the three.
-        assert ks.activate(READ) is None
-        assert ks.key_update(WRITE) is None
-        assert writes == []
-        assert ks.seal([(23, b"x")]) == b"\x17x"
-        assert writes == [ks.wfd]
-    finally:
-        ipc.write_parts = real
+        return real(fd, parts)
+    monkeypatch.setattr(ipc, "write_parts", counting)
+    return writes
+
+
+def test_deferred_calls_go_with_the_next_call(fake_ks, pipe_writes):
+    ks, _ = fake_ks
+    # activate and key_update answer nothing: they wait for the next call and go in its
+    # write, in order; one round trip for the three.
+    assert ks.activate(READ) is None
+    assert ks.key_update(WRITE) is None
+    assert pipe_writes == []
+    assert ks.seal([(23, b"x")]) == b"\x17x"
+    assert pipe_writes == [ks.wfd]
     calls, _fds, _jailed = state(ks)
     assert calls[-2:] == [("activate", READ), ("key_update", WRITE)]
 
@@ -223,31 +226,22 @@ def test_deferred_call_error_surfaces_from_the_next_call(fake_ks):
     assert calls[-1] == ("activate", READ)
 
 
-def test_deferred_select_goes_with_the_flight_and_its_error_is_key_refused(fake_ks):
+def test_deferred_select_goes_with_the_flight_and_its_error_is_key_refused(fake_ks,
+                                                                          pipe_writes):
     ks, _ = fake_ks
-    writes = []
-    real = ipc.write_parts
-
-    def counting(fd, parts):
-        writes.append(fd)
-        return real(fd, parts)
-    ipc.write_parts = counting
-    try:
-        assert ks.select(2) is None
-        assert writes == []
-        assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
-        assert len(writes) == 1
-        # A refused select: the call sent with it raises KeyRefused, even though this key
-        # side (a fake that keeps its previous key) answered it: the answer is dropped.
-        ks.select(9)
-        with pytest.raises(KeyRefused) as e:
-            ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
-                               [b"ee"], False)
-        assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR,
-                                                   "key does not match certificate")
-        assert len(writes) == 2
-    finally:
-        ipc.write_parts = real
+    assert ks.select(2) is None
+    assert pipe_writes == []
+    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
+    assert len(pipe_writes) == 1
+    # A refused select: the call sent with it raises KeyRefused, even though this key side
+    # (a fake that keeps its previous key) answered it: the answer is dropped.
+    ks.select(9)
+    with pytest.raises(KeyRefused) as e:
+        ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
+                           [b"ee"], False)
+    assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR,
+                                               "key does not match certificate")
+    assert len(pipe_writes) == 2
     # Any other deferred call's error is not KeyRefused; the pipes are still in step.
     ks.activate(7)
     with pytest.raises(KeyServiceError) as e2:
