@@ -1,7 +1,7 @@
 # tlswrapper: developer and CI entry points.
 #   make test   install what the tests need (Debian packages, venv), run the whole suite
 #   make demo   serve https://127.0.0.1:8443/ with a demo certificate through tcpserver
-#   make bench  run the benchmarks (bench/run.py), when there are any
+#   make bench  run the benchmarks (bench/run.py, then bench/real_clients.py)
 # Works on a fresh Debian 12 as root; the second run installs nothing and goes straight on.
 
 SHELL := /bin/bash
@@ -73,12 +73,11 @@ demo: demo-deps venv bytecode jaildir demo/localhost.pem
 		$(VENV)/bin/tlswrapper -f demo/localhost.pem -- \
 		$(VPY) scripts/demo_responder.py
 
-bench: venv bytecode
-	@if [ -f bench/run.py ]; then \
-		$(VPY) bench/run.py; \
-	else \
-		echo "no benchmarks yet: bench/run.py does not exist"; \
-	fi
+# run.py: the figures of issue 6 against the C version; real_clients.py: latency with curl,
+# openssl s_client and gnutls-cli (a client with Nagle on shows delayed-ACK stalls).
+bench: deps venv bytecode
+	$(VPY) bench/run.py
+	$(VPY) bench/real_clients.py
 
 clean:
 	rm -rf demo .pytest_cache .hypothesis
