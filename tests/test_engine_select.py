@@ -203,7 +203,7 @@ def test_tls13_refusal_after_hello_retry_request(pki):
     _assert_round_trips(keys, REFUSED_FIRST["1.3"], "1.3", refused=1)
 
 
-def test_round_trips_are_writes_on_the_pipe(pki):
+def test_round_trips_are_writes_on_the_pipe(pki, monkeypatch):
     """Each round trip counted above is one write on the request pipe (none in-process)."""
     writes = []
     real = ipc.write_parts
@@ -212,11 +212,8 @@ def test_round_trips_are_writes_on_the_pipe(pki):
         writes.append(fd)
         return real(fd, parts)
     w = SslWire(pki, [pki["ecdsa-p256"].path], "1.3")
-    ipc.write_parts = counting
-    try:
-        w.handshake()
-    finally:
-        ipc.write_parts = real
+    monkeypatch.setattr(ipc, "write_parts", counting)
+    w.handshake()
     assert len(w.of_type(HandshakeComplete)) == 1
     pipe = isinstance(w.keys.inner, PipeKeyService)
     assert len(writes) == (len(w.keys.round_trips) - 1 if pipe else 0)   # load was before
