@@ -12,12 +12,13 @@ import ssl
 import pytest
 
 from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse fixture)
+from test_engine_12 import SslWire as Wire12
 from tls13client import Options, TLS13Client, Wire
 from tlswrapper import ipc
 from tlswrapper.keyclient import PipeKeyService
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
-from tlswrapper.tls.events import (CertificateRefused, ClientHelloReceived, ConnectionFailed,
+from tlswrapper.tls.events import (CertificateRefused, ConnectionFailed,
                                    HandshakeComplete)
 from tlswrapper.tls.server import ServerConnection
 
@@ -66,8 +67,9 @@ class Recording:
         return call
 
 
-class SslWire:
-    """Python's ssl client in memory against a ServerConnection (as in test_engine_12)."""
+class SslWire(Wire12):
+    """Python's ssl client in memory against a ServerConnection (test_engine_12's), over
+    the given certificate files, with a Recording key service."""
 
     def __init__(self, pki, paths, version: str, config: ServerConfig | None = None) -> None:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -79,14 +81,11 @@ class SslWire:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
         self.events: list = []
-
-    def _events(self, events: list) -> None:
-        for ev in events:
-            self.events.append(ev)
-            if isinstance(ev, ClientHelloReceived):
-                self._events(self.server.choose_certificate(self.candidates))
+        self.client_chunks: list[bytes] = []
+        self.server_chunks: list[bytes] = []
 
     def handshake(self) -> None:
+        """As test_engine_12's, but a server alert ends it too."""
         for _ in range(20):
             try:
                 self.tls.do_handshake()
@@ -95,21 +94,9 @@ class SslWire:
                 done = False
             except ssl.SSLError:
                 done = True     # the server's alert
-            moved = False
-            data = self.outgoing.read()
-            if data:
-                self._events(self.server.receive(data))
-                moved = True
-            back = self.server.outgoing()
-            if back:
-                self.incoming.write(back)
-                moved = True
-            if not moved and (done or self.server.failed):
+            if not self.move() and (done or self.server.failed):
                 return
         raise AssertionError("handshake did not finish")
-
-    def of_type(self, cls) -> list:
-        return [e for e in self.events if isinstance(e, cls)]
 
 
 def _assert_round_trips(keys: Recording, expected: list[list[str]], version: str,
