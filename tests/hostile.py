@@ -35,7 +35,9 @@ def x25519_public() -> bytes:
 def unknown_codes(n: int, start: int = 0x2000) -> tuple[int, ...]:
     """n code points no registry gives us a meaning for in the place they are used here
     (not a suite, group, scheme or extension we know, not an SCSV, not obsolete)."""
-    return tuple(range(start, start + n))
+    skip = (s.TLS_FALLBACK_SCSV, s.TLS_EMPTY_RENEGOTIATION_INFO_SCSV)
+    codes = [c for c in range(start, start + n + len(skip)) if c not in skip]
+    return tuple(codes[:n])
 
 
 def client_hello(*, tls13: bool = True, legacy_version: int = s.TLS12,
