@@ -623,6 +623,8 @@ class Prepared:
             self.prog = child.start_prog(options.prog, user=options.user,
                                          user_from_cert=options.user_from_cert is not None,
                                          delayed_encryption=options.delayed_encryption)
+            # prog has its copies of what we inherited (`prog 9>log`); we need none of them.
+            child.drop_inherited()
         except (OSError, child.ChildError) as e:
             self.keys.close()
             raise StartError(f"unable to start: {e}") from None
