@@ -20,9 +20,11 @@ FUZZ_TARGETS ?=
 #   openssl, gnutls-bin (gnutls-cli), curl: TLS clients; tlswrapper: Debian's C version, for
 #   comparisons; ucspi-tcp: tcpserver; socat, busybox (tcpsvd): plumbing; chromium: the
 #   X25519MLKEM768 interop client; python3-venv: for the venv below; nginx-light,
-#   exim4-daemon-light, postgrey: the real servers behind tlswrapper-tcp / tlswrapper-smtp.
+#   exim4-daemon-light, postgrey: the real servers behind tlswrapper-tcp / tlswrapper-smtp;
+#   haproxy: the load balancer in front of tlswrapper-listen (PROXY v1/v2, restarts);
+#   systemd: systemd-socket-activate, the socket activator for tlswrapper-listen.
 TEST_PACKAGES := openssl gnutls-bin curl tlswrapper ucspi-tcp socat busybox chromium python3-venv \
-	nginx-light exim4-daemon-light postgrey
+	nginx-light exim4-daemon-light postgrey haproxy systemd
 DEMO_PACKAGES := ucspi-tcp python3-venv
 
 DEMO_HOST := 127.0.0.1

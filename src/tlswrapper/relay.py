@@ -607,6 +607,10 @@ class Prepared:
         self.options = options
         config = options.server_config()
         jail.prepare()
+        if getattr(options, "proxy_protocol", None) is not None:
+            # -p: what the PROXY header reader imports (ipaddress, proxyproto2), loaded now:
+            # a listener's spare jails before its connection, and nothing loads in the jail.
+            proxyproto.ProxyReader(options.proxy_protocol)
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
         # An OSError here becomes StartError in prepare(), as every other start failure.
