@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 
 import pytest
-from conftest import debian_tlswrapper, our_command
+from conftest import debian_tlswrapper, needs_root, our_command
+from oneconn import BioTLS, OneConnection
 
 import e2e
 
@@ -153,3 +157,127 @@ def recv_line(sock: socket.socket, timeout: float = 20.0) -> str:
             break
         buf += chunk
     return buf.decode(errors="replace").split("\n", 1)[0].strip()
+
+
+# --------------------------------------------------------------------------- -n: fd 5 / fd 6
+
+
+def delayed_argv(pki, script: str, *options: str) -> list[str]:
+    return [our_command(), "-n", *options, "-f", str(pki.ecdsa_p256.path), "--",
+            "sh", "-c", script]
+
+
+@needs_root
+def test_delayed_ack_comes_before_the_handshake(pki, tmp_path):
+    """The zero byte on fd 6 is written as soon as prog's zero byte on fd 5 is read, before
+    the client has sent its ClientHello (as the C version 20260501, so that its
+    tlswrapper-smtp works with ours); what prog writes after it reaches the client inside
+    TLS once the handshake completes."""
+    mark = tmp_path / "acked"
+    script = (f"printf '220 go\\r\\n'; printf '\\0' >&5; head -c 1 <&6 >{mark}.tmp; "
+              f"mv {mark}.tmp {mark}; printf 'inside\\r\\n'; exec cat")
+    with OneConnection(delayed_argv(pki, script)) as c:
+        assert c.recv_until(b"\r\n") == b"220 go\r\n"
+        deadline = time.monotonic() + 10
+        while not mark.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert mark.read_bytes() == b"\0"          # acknowledged, no ClientHello sent yet
+        tls = BioTLS(c.sock)
+        tls.handshake()
+        assert tls.recv_until(b"\r\n") == b"inside\r\n"
+        tls.send(b"echo\r\n")
+        assert tls.recv_until(b"\r\n") == b"echo\r\n"
+        c.sock.shutdown(socket.SHUT_WR)
+        result = c.finish()
+    assert result.returncode == 0, result.stderr
+
+
+@needs_root
+@pytest.mark.parametrize("script,reason", [
+    ("printf '\\0\\0' >&5; exec cat", "second byte"),
+    ("exec 6<&-; printf '\\0' >&5; exec cat", "fd 6"),
+], ids=["second-zero-byte", "fd6-closed-before-switch"])
+def test_delayed_switch_refused(pki, script, reason):
+    """A second zero byte on fd 5, or fd 6 closed by prog before the switch: the switch is
+    refused with a log line (at the default verbosity) and exit 111; the client gets no TLS
+    byte, only the end of the connection."""
+    with OneConnection(delayed_argv(pki, "printf '220 go\\r\\n'; " + script)) as c:
+        assert c.recv_until(b"\r\n") == b"220 go\r\n"
+        rest = c.recv_all()
+        result = c.finish()
+    assert rest == b""
+    assert result.returncode == 111
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlswrapper: fatal:"), lines
+    assert "delayed encryption refused" in lines[0] and reason in lines[0], lines
+
+
+SMTP_SERVER = r'''
+import sys
+out = sys.stdout
+out.write("220 mx ESMTP\r\n"); out.flush()
+with open(sys.argv[1], "w") as log:
+    for line in sys.stdin:
+        log.write(line.strip() + "\n"); log.flush()
+        cmd = line.strip().upper()
+        out.write("221 bye\r\n" if cmd == "QUIT" else
+                  "250-mx\r\n250 8BITMIME\r\n" if cmd.startswith("EHLO") else "250 ok\r\n")
+        out.flush()
+        if cmd == "QUIT":
+            break
+'''
+
+
+@needs_root
+def test_smtp_drops_cleartext_left_in_its_stdin_by_an_early_ack(tmp_path):
+    """Our tlswrapper-smtp with a wrapper that acknowledges at once, before the client's
+    pipelined cleartext has been read (what the C tlswrapper 20260501 may do: it acks as
+    soon as it has relayed the cleartext into the pipe). The test plays that wrapper: the
+    injected RCPT after STARTTLS is dropped, never reaches the SMTP server."""
+    server = tmp_path / "server.py"
+    server.write_text(SMTP_SERVER)
+    seen = tmp_path / "seen.log"
+    c5_r, c5_w = os.pipe()
+    c6_r, c6_w = os.pipe()
+    try:
+        with Run([our_command("tlswrapper-smtp"), "--", sys.executable, str(server),
+                  str(seen)], fds={5: c5_w, 6: c6_r}) as run:
+            os.close(c5_w)
+            os.close(c6_r)
+            sock = run.client_sock
+            assert recv_line(sock).startswith("220")
+            sock.sendall(b"EHLO client\r\n")
+            ehlo = b""
+            while b"250 " not in ehlo:
+                ehlo += sock.recv(4096)
+            assert b"STARTTLS" in ehlo
+            sock.sendall(b"STARTTLS\r\n")
+            assert recv_line(sock).startswith("220")
+            r, _, _ = select.select([c5_r], [], [], 20)
+            assert r and os.read(c5_r, 1) == b"\0"
+            # The cleartext and the ack, both waiting when tlswrapper-smtp next looks: it
+            # is stopped while the wrapper relays the one and acknowledges.
+            os.kill(run.proc.pid, signal.SIGSTOP)
+            try:
+                sock.sendall(b"RCPT TO:<injected@example.test>\r\n")
+                time.sleep(0.2)
+                os.write(c6_w, b"\0")             # the early ack
+            finally:
+                os.kill(run.proc.pid, signal.SIGCONT)
+            time.sleep(0.3)
+            # "Inside TLS" (this test is the wrapper: the session continues in the clear).
+            sock.sendall(b"MAIL FROM:<a@example.test>\r\nQUIT\r\n")
+            tail = b""
+            while b"221" not in tail:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                tail += chunk
+            assert run.wait(20) == 0, run.stderr()
+    finally:
+        for fd in (c5_r, c6_w):
+            os.close(fd)
+    commands = seen.read_text().split("\n")
+    assert not any("injected" in line for line in commands), commands
+    assert commands[-3:-1] == ["MAIL FROM:<a@example.test>", "QUIT"], commands
+    assert "RSET" in commands

@@ -12,6 +12,7 @@ import tracemalloc
 import pytest
 
 import hostile
+import tls12client
 from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse fixture)
 from test_engine_13 import connected, exchange, make_wire
 from test_legacy import LUCKY_CASES, _raw_records, cbc_connection
@@ -19,7 +20,8 @@ from tls13client import DEFAULT_SIGALGS, Protection, TLS13Client
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
-from tlswrapper.tls.events import (ClientHelloReceived, ConnectionFailed, HandshakeComplete)
+from tlswrapper.tls.events import (ApplicationData, ClientHelloReceived, ConnectionFailed,
+                                   HandshakeComplete)
 from tlswrapper.tls.server import ServerConnection
 
 CONFIG = ServerConfig(groups=tuple(s.GROUP_NAMES))
@@ -127,21 +129,62 @@ def test_large_valid_client_hello_is_served_tls13(pki, kind):
     exchange(w, 1000)
 
 
-def test_largest_client_hello_its_length_fields_allow(pki):
-    """A TLS 1.2 hello of exactly MAX_CLIENT_HELLO body bytes (every vector at its maximum,
-    255 compression methods with null among them) in 9 records is served."""
-    suites_ = hostile.unknown_codes(hostile.MAX_SUITES - 4) + hostile.SUITES_12
+def largest_tls12_hello(**kw) -> bytes:
+    """A TLS 1.2 ClientHello of exactly MAX_CLIENT_HELLO body bytes: 32 k suites (the
+    usable ones last), a 32-byte session_id, 255 compression methods (null last), EMS and a
+    padding extension that fills the extensions block to 2^16-1."""
+    suites_ = hostile.unknown_codes(hostile.MAX_SUITES - 2) + tls12client.SUITES
     compression = bytes(range(1, 255)) + b"\x00"
-    base = hostile.client_hello(tls13=False, cipher_suites=suites_, compression=compression,
-                                session_id=os.urandom(32))
+    ems = (m.Extension(s.EXT_EXTENDED_MASTER_SECRET, b""),)
+    args = dict(tls13=False, cipher_suites=suites_, compression=compression,
+                session_id=os.urandom(32), **kw)
+    base = hostile.client_hello(extra=ems, **args)
     exts_now = len(base) - 4 - (2 + 32 + 33 + 2 + len(suites_) * 2 + 1 + 255 + 2)
     padding = m.Extension(s.EXT_PADDING, bytes(hostile.MAX_EXTENSIONS_BLOCK - exts_now - 4))
-    hello = hostile.client_hello(tls13=False, cipher_suites=suites_, compression=compression,
-                                 session_id=os.urandom(32), extra=(padding,))
+    hello = hostile.client_hello(extra=ems + (padding,), **args)
     assert len(hello) - 4 == s.MAX_CLIENT_HELLO
-    server, events = served(pki, hello, CONFIG_12)
-    assert server.version == s.TLS12
-    assert events[0].cipher_suites[-4:] == hostile.SUITES_12
+    return hello
+
+
+def tls12_pump(server: ServerConnection, client: tls12client.TLS12Client, candidates,
+               data: bytes) -> list:
+    events: list = []
+    for _ in range(20):
+        if not data:
+            break
+        new = server.receive(data)
+        while new:
+            event = new.pop(0)
+            events.append(event)
+            if isinstance(event, ClientHelloReceived):
+                new += server.choose_certificate(candidates)
+        client.receive(server.outgoing())
+        data = client.data_to_send()
+    return events
+
+
+@pytest.mark.parametrize("kind", ["largest", "extensions16k"])
+def test_large_valid_client_hello_is_served_tls12(pki, kind):
+    if kind == "largest":
+        hello = largest_tls12_hello()
+    else:
+        hello = hostile.client_hello(tls13=False, cipher_suites=tls12client.SUITES, extra=(
+            m.Extension(s.EXT_EXTENDED_MASTER_SECRET, b""),)
+            + hostile.filler(250, "extensions16k")["extra"])
+        assert len(hello) > 65000
+    keys = new_key_service()
+    candidates = keys.load([str(pki["ecdsa-p256"].path)])
+    server = ServerConnection(CONFIG, keys)
+    client = tls12client.TLS12Client(hello)
+    events = tls12_pump(server, client, candidates, hostile.records(hello))
+    assert client.connected and server.handshake_done, events
+    assert server.version == s.TLS12 and server._ems
+    client.send(b"ping")
+    events = server.receive(client.data_to_send())
+    assert [e.data for e in events if isinstance(e, ApplicationData)] == [b"ping"]
+    server.send(b"pong")
+    client.receive(server.outgoing())
+    assert client.app_data == b"pong"
 
 
 @pytest.mark.parametrize("record_size", [1, 1000, s.MAX_PLAINTEXT])

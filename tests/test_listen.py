@@ -247,6 +247,24 @@ def test_sigterm_stops_accepting_and_lets_open_connections_finish(pki) -> None:
         assert srv.proc.wait(10) == 0
 
 
+def test_sigterm_serves_the_connections_already_queued(pki) -> None:
+    """Connections the kernel completed but no spare has accepted yet when SIGTERM comes
+    (a burst larger than the two spares) are served, not reset when the socket closes: a
+    load balancer sent them and cannot retry them elsewhere. Six at once: two spares take
+    two, the other four wait in the accept queue for spares made during the drain."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
+        wait_until(lambda: len(srv.spares()) >= 2, what="two spares")
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=20) for _ in range(6)]
+        srv.proc.send_signal(signal.SIGTERM)
+        answers = []
+        for sock in socks:
+            with client_context().wrap_socket(sock) as conn:
+                answers.append(echo(conn))
+        assert answers == [b"hello\n"] * 6
+        assert srv.proc.wait(20) == 0
+
+
 def _activated(sock: socket.socket, pem: Path, address: list[str], listen_pid: str = "$$",
                prog: str = "cat") -> list[str]:
     """bash moves the socket to fd 3 and sets LISTEN_FDS/LISTEN_PID the way systemd does, then

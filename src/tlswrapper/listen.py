@@ -44,6 +44,7 @@ SPARES = 2
 USAGE = ("tlswrapper-listen [ -c limit ] [ -b backlog ] host port | - "
          "[tlswrapper options] prog [args...]")
 SD_LISTEN_FDS_START = 3      # sd_listen_fds(3): the first passed descriptor
+QUEUE_DRAIN = 2.0            # on stop: longest wait for the spares to empty the accept queue
 
 # The variables tcpserver -HRDl0 sets (PROTO, TCPLOCALHOST=0 from -l0) or unsets (-H: no
 # TCPREMOTEHOST, -R: no TCPREMOTEINFO); the four addresses are set per connection.
@@ -308,6 +309,16 @@ def spare_main(sock: socket.socket, listening: socket.socket, close: Sequence[in
 
 # --------------------------------------------------------------------------- the loop
 
+def _queued(sock: socket.socket) -> int:
+    """Connections completed by the kernel and not accepted yet: on a listening socket,
+    Linux's TCP_INFO reports the accept queue's length as tcpi_unacked (at byte 24)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 32)
+    except OSError:
+        return 0
+    return int.from_bytes(info[24:28], sys.byteorder) if len(info) >= 28 else 0
+
+
 class Spare:
     """A forked process waiting for its connection, with its key process and prog started."""
     __slots__ = ("pid", "sock")
@@ -414,12 +425,25 @@ class Listener:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         self.sock.setblocking(False)
-        while not self.stopping:
+        drain_until = 0.0
+        while True:
+            if self.stopping:
+                # Our own socket: connections the kernel has queued are reset when it is
+                # shut down below, and they were the client's (a load balancer sent them
+                # here and cannot retry them elsewhere). The spares take them first (new
+                # ones keep coming until the load balancer's checks say we are gone: they
+                # are served too), for at most QUEUE_DRAIN.
+                drain_until = drain_until or time.monotonic() + QUEUE_DRAIN
+                if not self.own_socket or not _queued(self.sock) \
+                        or time.monotonic() >= drain_until:
+                    break
             self._reap()
             readers = [self._wake_r] + [spare.sock.fileno() for spare in self.spares]
             timeout = None
             if self._wants_spare():
                 timeout = max(0.0, self.respawn_after - time.monotonic())
+            if self.stopping:
+                timeout = 0.01 if timeout is None else min(timeout, 0.01)
             try:
                 ready, _, _ = select.select(readers, [], [], timeout)
             except InterruptedError:
@@ -432,8 +456,7 @@ class Listener:
                     spare.sock.close()
                     self.children.add(spare.pid)
                 # else: end of file, it died: _reap tells
-            if not self.stopping and self._wants_spare() \
-                    and time.monotonic() >= self.respawn_after:
+            if self._wants_spare() and time.monotonic() >= self.respawn_after:
                 spare = self._spawn()
                 if spare is None:
                     self.respawn_after = time.monotonic() + 0.1
@@ -544,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             sys.exit(EXIT_USAGE)
         log.setup(name="tlswrapper-listen", verbosity=options.verbosity)
         try:
+            # sd_listen_fds_with_names(3): the socket unit's FileDescriptorName= (by default
+            # the unit's name), shown so that a log says which socket unit is served.
+            fd_name = os.environ.get("LISTEN_FDNAMES", "").split(":")[0]
             sock = systemd_socket()
             systemd = sock is not None
             if sock is None:
@@ -552,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                                       EXIT_USAGE)
                 sock = bind(settings["host"], settings["port"], settings["backlog"])
             else:
-                log.info("using the listening socket from systemd")
+                log.info("using the listening socket from systemd"
+                         + (f" ({log.escape(fd_name)})" if fd_name else ""))
             prepare_imports()
         except ListenError as e:
             log.fatal(str(e))

@@ -98,10 +98,11 @@ class Relay:
         self.held_since = 0.0
         self.tls_up = False           # the handshake completed
         self.handshake_deadline = 0.0
-        # -n: client cleartext received before the switch that prog has not read yet. It
-        # must reach prog before the zero byte on fd 6, and the first TLS byte after it.
+        # -n: client cleartext received before the switch and not yet written to prog's
+        # stdin. All of it reaches prog before the zero byte on fd 6 (the ack).
         self.cleartext_left = 0
-        self.ack_due = False
+        self.ack_due = False          # -n: prog asked for TLS; the ack is not written yet
+        self.refused = False          # -n: the switch was refused (exit 111)
         self.quick_acks = True        # quick-ACK after each handshake flight (_quick_ack)
         self.key_process_died: str | None = None   # why, when the key process failed us
 
@@ -153,11 +154,8 @@ class Relay:
                  f"sni={done.sni or '-'}")
         self.tls_up = True
         if self.started:
-            # -n: prog runs already (so it cannot be given the SSL_* variables); tell it
-            # that from now on its stdin and stdout are inside TLS, once it has read the
-            # cleartext that came before the switch.
-            self.ack_due = True
-            self._maybe_ack()
+            # -n: prog runs already (so it cannot be given the SSL_* variables) and has had
+            # its ack at the switch: its stdin and stdout are now inside TLS.
             return
         env = dict(self.env)
         env.update(tls_environment(done))
@@ -220,6 +218,9 @@ class Relay:
             if rest is None:
                 return
             data = rest
+        if self.ack_due:
+            self.held += data      # -n: the ClientHello, for the engine once the ack is out
+            return
         if self.cleartext:
             if not data:
                 return
@@ -295,7 +296,12 @@ class Relay:
 
     def _write_prog(self) -> None:
         # -n: nothing from inside TLS goes to prog before the acknowledgement on fd 6.
-        data = self.to_prog[:self.cleartext_left] if self.cleartext_left else self.to_prog
+        if self.cleartext_left:
+            data = self.to_prog[:self.cleartext_left]
+        elif self.ack_due or self.refused:
+            return
+        else:
+            data = self.to_prog
         try:
             n = os.write(self.prog.stdin, data)
         except BlockingIOError:
@@ -313,14 +319,31 @@ class Relay:
             self._maybe_ack()
 
     def _maybe_ack(self) -> None:
+        """-n: the ack, as the C version: before the handshake, as soon as the cleartext the
+        client sent before the switch has been relayed. Relayed means read by prog, not only
+        written to its stdin pipe: prog reads two pipes, and only then does the zero byte on
+        fd 6 mark the boundary exactly (every stdin byte before it is cleartext, every one
+        after it from inside TLS), so that prog can drop pipelined cleartext (the STARTTLS
+        command injection, CVE-2011-0411) without dropping TLS data. When the client sent
+        nothing after its STARTTLS line (the usual case) that is at once."""
         if not self.ack_due or self.cleartext_left:
             return
-        # The cleartext is in prog's stdin pipe, but prog reads two pipes: only once it has
-        # read all of it does the zero byte on fd 6 mark the boundary without a race.
         if not self.prog_in_closed and _unread(self.prog.stdin) > 0:
             return   # checked again on the next round of the loop
         self.ack_due = False
-        self._send_ack()
+        if not self._send_ack():
+            return
+        # The client's bytes held since the switch are its ClientHello: the handshake starts.
+        if self.held:
+            data, self.held = bytes(self.held), bytearray()
+            self._handle(self.conn.receive(data))
+            self.to_client += self.conn.outgoing()
+
+    def _refuse_switch(self, reason: str) -> None:
+        """-n: prog broke the fd 5/6 protocol; as the C version: a log line and exit 111."""
+        log.fatal(f"delayed encryption refused: {reason}")
+        self.refused = True
+        self.failed = True
 
     def _close_prog_stdin(self) -> None:
         if not self.prog_in_closed:
@@ -397,9 +420,14 @@ class Relay:
         except OSError:
             byte = b""
         if not byte:
-            log.debug("prog closed fd 5: the connection stays in cleartext")
+            if self.cleartext:
+                log.debug("prog closed fd 5: the connection stays in cleartext")
             os.close(fd)
             self.prog.control_in = None
+            return
+        if not self.cleartext:
+            # fd 5 is read until prog closes it: a second byte is refused, not ignored.
+            self._refuse_switch(f"prog wrote a second byte ({byte[0]:#04x}) on fd 5")
             return
         if byte != b"\0":
             log.error(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
@@ -429,24 +457,27 @@ class Relay:
         self.cleartext_left = len(self.to_prog)
         self.handshake_deadline = time.monotonic() + self.options.handshake_timeout
         log.debug("delayed encryption: prog asked for TLS, starting the handshake")
-        # Bytes the client sent from here on are TLS; those held back already are too.
-        if self.held:
-            data, self.held = bytes(self.held), bytearray()
-            self._handle(self.conn.receive(data))
-            self.to_client += self.conn.outgoing()
+        # Bytes the client sent from here on are TLS; those held back already are too. They
+        # reach the engine once the ack is out (_maybe_ack): a refused switch sends nothing.
+        self.ack_due = True
+        self._maybe_ack()
 
-    def _send_ack(self) -> None:
-        """-n: the zero byte on prog's fd 6 after the handshake (one byte into an empty
-        pipe: it cannot block)."""
+    def _send_ack(self) -> bool:
+        """-n: the zero byte on prog's fd 6 (one byte into an empty pipe: it cannot block).
+        False when prog has closed fd 6: the switch is refused."""
         fd, self.prog.ack_out = self.prog.ack_out, None
         if fd is None:
-            return
+            self._refuse_switch("fd 6 is closed")
+            return False
         try:
             os.write(fd, b"\0")
         except OSError as e:
-            log.debug(f"unable to write the acknowledgement to prog ({log.oserror_text(e)})")
+            self._refuse_switch(f"unable to write the acknowledgement to fd 6 "
+                                f"({log.oserror_text(e)}: prog closed it)")
+            return False
         finally:
             os.close(fd)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -475,6 +506,10 @@ class Relay:
         if self.cleartext and self.proxy is None:
             self._start_cleartext()
         while True:
+            if self.ack_due:
+                # -n: before the lists are made: the ack feeds the held ClientHello to the
+                # engine, whose answer must be in to_client when the writers are chosen.
+                self._maybe_ack()
             if self.failed or self.client_gone:
                 break
             handshaking = self.proxy is not None or not (self.cleartext or self.tls_up)
@@ -493,14 +528,12 @@ class Relay:
             if self.started and (self.cleartext or self.tls_up) and not self.prog_out_ended \
                     and len(self.to_client) < BUFFER_LIMIT:
                 readers.append(self.prog.stdout)
-            if self.cleartext and self.started and self.prog.control_in is not None:
-                readers.append(self.prog.control_in)
+            if self.started and self.prog.control_in is not None:
+                readers.append(self.prog.control_in)      # -n: also after the switch
             if self.to_client and not self.out_shut:
                 writers.append(self.client_out)
-            if self.ack_due:
-                self._maybe_ack()
             if self.to_prog and not self.prog_in_closed \
-                    and not (self.ack_due and not self.cleartext_left):
+                    and (self.cleartext_left or not self.ack_due):
                 writers.append(self.prog.stdin)
             now = time.monotonic()
             if self.held and self.cleartext and now >= self.held_since + HOLD_GRACE:
@@ -630,7 +663,9 @@ class Relay:
             status = self.prog.end(PROG_GRACE)
         self.prog.disarm()
         self._close_keys()
-        return EXIT_FATAL if self.key_process_died is not None else status
+        if self.refused or self.key_process_died is not None:
+            return EXIT_FATAL
+        return status
 
 
 class _KeyProcessJail:
@@ -665,6 +700,10 @@ class Prepared:
         self.options = options
         config = options.server_config()
         jail.prepare()
+        if getattr(options, "proxy_protocol", None) is not None:
+            # -p: what the PROXY header reader imports (ipaddress, proxyproto2), loaded now:
+            # a listener's spare jails before its connection, and nothing loads in the jail.
+            proxyproto.ProxyReader(options.proxy_protocol)
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
         # An OSError here becomes StartError in prepare(), as every other start failure.

@@ -442,6 +442,13 @@ class Session:
                     b = b""
                 if b != b"\0":
                     raise Ended("TLS handshake failed (no acknowledgement from tlswrapper)")
+                # tlswrapper acknowledges once the client's cleartext is in our stdin pipe,
+                # before the handshake, and writes nothing from inside TLS there until we
+                # have read all of it: what is readable now is cleartext, dropped too.
+                while (data := self._read(self.cin)) is not None:
+                    if not data:
+                        raise Ended("client closed before the TLS handshake")
+                    dropped += len(data)
                 break
             data = self._read(self.cin)
             if data is None:
