@@ -567,6 +567,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
             sys.exit(EXIT_USAGE)
         log.setup(name="tlswrapper-listen", verbosity=options.verbosity)
         try:
+            # sd_listen_fds_with_names(3): the socket unit's FileDescriptorName= (by default
+            # the unit's name), shown so that a log says which socket unit is served.
+            fd_name = os.environ.get("LISTEN_FDNAMES", "").split(":")[0]
             sock = systemd_socket()
             systemd = sock is not None
             if sock is None:
@@ -575,7 +578,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
                                       EXIT_USAGE)
                 sock = bind(settings["host"], settings["port"], settings["backlog"])
             else:
-                log.info("using the listening socket from systemd")
+                log.info("using the listening socket from systemd"
+                         + (f" ({log.escape(fd_name)})" if fd_name else ""))
             prepare_imports()
         except ListenError as e:
             log.fatal(str(e))
