@@ -78,12 +78,12 @@ frontend fe_v2
 
 backend bk_v1
     balance roundrobin
-    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} send-proxy
+    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy
 {servers}
 
 backend bk_v2
     balance roundrobin
-    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} send-proxy-v2
+    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy-v2
 {servers}
 """
 
@@ -347,8 +347,10 @@ def test_sigterm_restart_during_50_transfers_loses_nothing(bed: Bed) -> None:
     hold.set()
     for t in wave2:
         t.start()
+    generation = a.generation
     a.start()                         # the new version/certificate: same address and port
     restarted_in = time.monotonic() - started
+    bind_attempts = a.generation - generation
     for t in wave1 + wave2:
         t.join(180)
         assert not t.is_alive()
@@ -357,7 +359,8 @@ def test_sigterm_restart_during_50_transfers_loses_nothing(bed: Bed) -> None:
     drained_in = time.monotonic() - started
     print(f"\nrestart: {TRANSFERS} transfers of {BIG >> 20} MiB ({on_a} in flight on the "
           f"restarted instance), {len(failures)} failures; new instance listening after "
-          f"{restarted_in:.1f} s, old one drained and exited after {drained_in:.1f} s; "
+          f"{restarted_in:.1f} s ({bind_attempts} start(s)), old one drained and exited "
+          f"after {drained_in:.1f} s; "
           f"{bed.redispatched() - redispatched} connections redispatched by haproxy")
     assert failures == []
     assert "Traceback" not in old_log.read_text()
