@@ -281,3 +281,20 @@ def test_smtp_drops_cleartext_left_in_its_stdin_by_an_early_ack(tmp_path):
     assert not any("injected" in line for line in commands), commands
     assert commands[-3:-1] == ["MAIL FROM:<a@example.test>", "QUIT"], commands
     assert "RSET" in commands
+
+
+# --------------------------------------------------------------------------- prog closes stdout
+
+
+def test_prog_closing_stdout_ends_an_idle_connection(pki):
+    """prog closes its stdout and waits for input; the client stays idle. tlswrapper sends
+    close_notify and closes prog's stdin, so prog ends and the connection with it: long
+    before the -t 60 network timeout (each lingering connection holds two processes). The C
+    version 20260501 does the same (the issue: under 4 s); Debian's 20230101 does not (it
+    lingers until the timeout), so it is not run here."""
+    prog = ["sh", "-c", "echo bye; exec >&-; read x; exit 7"]
+    with Run([our_command(), "-t", "60", "-f", pki.ecdsa_p256.path, "--", *prog]) as run:
+        sock = run.tls(pki.ca_pem, "tls12")
+        assert e2e.recv_all(sock, 20) == b"bye\n"       # then close_notify
+        assert run.wait(20) == 7, run.stderr()          # while the client's side is open
+        sock.close()

@@ -29,6 +29,9 @@ EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
+# prog closed its stdout: how long the client's bytes already read may take to reach prog
+# before its stdin is closed anyway (the C version ends such a connection in under 4 s).
+STDIN_CLOSE_GRACE = 2.0
 TLS_HANDSHAKE_RECORD = 0x16
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)   # Linux: <netinet/tcp.h>
 
@@ -81,6 +84,7 @@ class Relay:
         self.client_ended = False     # no more bytes from the client
         self.client_gone = False      # the client cannot take our bytes any more
         self.prog_out_ended = False   # prog closed its stdout
+        self.stdin_close_by = 0.0     # then prog's stdin is closed by this time at the latest
         self.prog_in_closed = False
         self.out_shut = False         # our write side to the client is shut
         self.started = False          # prog was told to run
@@ -341,6 +345,26 @@ class Relay:
         self.refused = True
         self.failed = True
 
+    def _end_prog_input(self) -> None:
+        """prog closed its stdout and its close_notify is out: as the C version, prog's stdin
+        is closed too (what the client still sends is not read), so that a prog waiting for
+        input ends and the connection with it, instead of holding two processes until the
+        network timeout. What was read from the client before goes to prog first, within
+        STDIN_CLOSE_GRACE."""
+        if self.prog_in_closed:
+            return
+        now = time.monotonic()
+        if not self.stdin_close_by:
+            self.stdin_close_by = now + STDIN_CLOSE_GRACE
+        if self.to_prog and now < self.stdin_close_by:
+            return
+        if self.to_prog:
+            log.debug(f"prog closed its stdout: {len(self.to_prog)} bytes from the client "
+                      f"not delivered")
+            self.to_prog.clear()
+            self.cleartext_left = 0
+        self._close_prog_stdin()
+
     def _close_prog_stdin(self) -> None:
         if not self.prog_in_closed:
             self.prog_in_closed = True
@@ -503,13 +527,15 @@ class Relay:
                 self._close_prog_stdin()
             if self.prog_out_ended and not self.to_client:
                 self._shut_client_output()
+                self._end_prog_input()
                 if self.client_ended or self.prog.poll() is not None:
                     break
             if handshaking and self.client_ended:
                 break
             readers = []
             writers = []
-            if not self.client_ended and len(self.to_prog) + len(self.held) < BUFFER_LIMIT:
+            if not self.client_ended and not self.prog_out_ended \
+                    and len(self.to_prog) + len(self.held) < BUFFER_LIMIT:
                 readers.append(self.client_in)
             if self.started and (self.cleartext or self.tls_up) and not self.prog_out_ended \
                     and len(self.to_client) < BUFFER_LIMIT:
