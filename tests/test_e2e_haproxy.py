@@ -2,10 +2,10 @@
 tlswrapper-listen instances on 127.0.0.2, 127.0.0.3 and 127.0.0.4, as the README's "Running
 more than one host" describes.
 
-haproxy has two frontends, one whose backend sends `send-proxy` (v1) and one `send-proxy-v2`,
-to the same three listeners, which read either (`-p 0`); health checks on (`check` with
-`check-send-proxy`: each check is a connection with a PROXY header, a v2 LOCAL one for the v2
-backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches prog
+haproxy has two frontends, one whose backend sends `send-proxy` (v1) and one `send-proxy-v2`
+with TLVs (a CRC32C of the header, which tlswrapper checks, and a unique id), to the same three
+listeners, which read either (`-p 0`); health checks on (`check` with `check-send-proxy`: each
+check is a connection with a PROXY header, a v2 LOCAL one for the v2 backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches prog
 can only have come from the header. prog is a shell script: `env` prints the connection's
 variables, `get` names the instance and sends an 8 MiB file (the client checks its sha256).
 
@@ -74,6 +74,7 @@ frontend fe_v1
 
 frontend fe_v2
     bind 127.0.0.1:{port_v2}
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     default_backend bk_v2
 
 backend bk_v1
@@ -83,7 +84,7 @@ backend bk_v1
 
 backend bk_v2
     balance roundrobin
-    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy-v2
+    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy-v2 proxy-v2-options crc32c,unique-id
 {servers}
 """
 
@@ -389,3 +390,73 @@ def test_killed_instance_is_routed_around_after_the_check_interval(bed: Bed) -> 
           f"connections, {len(failures)} failures, served by {served}")
     assert failures == []
     assert set(served) == {"a", "c"}
+
+
+RAW_CFG = """\
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    default_backend bk
+
+backend bk
+    server raw 127.0.0.1:{raw} {send}
+"""
+
+
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2",
+                                  "send-proxy-v2 proxy-v2-options crc32c,unique-id"])
+def test_haproxys_own_header_bytes_parse(send: str, tmp_path: Path) -> None:
+    """The header exactly as haproxy writes it (captured by a plain TCP server behind it),
+    through tlswrapper's reader: the client's address and port, the bytes after it intact;
+    with CRC32C and unique-id TLVs, a CRC32C changed by one bit is refused."""
+    from tlswrapper.proxyproto import ProxyError, ProxyReader
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(1)
+    raw.settimeout(20)
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAW_CFG.format(port=port, raw=raw.getsockname()[1], send=send))
+    haproxy = which(shutil.which("haproxy") or "/usr/sbin/haproxy")
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=2)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        with client:
+            client.sendall(b"\x16\x03\x01after")
+            conn, _ = raw.accept()
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while not data.endswith(b"after"):
+                    data += conn.recv(65536)
+            client_port = client.getsockname()[1]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        raw.close()
+    reader = ProxyReader(0)
+    header = reader.feed(data)
+    assert header is not None and reader.rest == b"\x16\x03\x01after"
+    assert (header.source_ip, header.source_port, header.dest_ip, header.dest_port) == \
+        ("127.0.0.1", client_port, "127.0.0.1", port)
+    if "crc32c" in send:
+        length = len(data) - len(reader.rest)
+        assert length > 16 + 12 + 7, "no TLVs sent"
+        at = data.index(b"\x03\x00\x04", 28)       # the CRC32C TLV: type 3, length 4
+        broken = data[:at + 3] + bytes([data[at + 3] ^ 1]) + data[at + 4:]
+        with pytest.raises(ProxyError, match="CRC32C mismatch"):
+            ProxyReader(2).feed(broken)
