@@ -298,3 +298,89 @@ def test_prog_closing_stdout_ends_an_idle_connection(pki):
         assert e2e.recv_all(sock, 20) == b"bye\n"       # then close_notify
         assert run.wait(20) == 7, run.stderr()          # while the client's side is open
         sock.close()
+
+
+# --------------------------------------------------------------------------- inetd: fd 2
+
+
+@pytest.fixture
+def syslog_socket():
+    """A syslog daemon's socket at /dev/log for the test (None when one exists already: the
+    lines then go there and only the client's stream is checked)."""
+    path = "/dev/log"
+    if os.path.lexists(path) or not os.access("/dev", os.W_OK):
+        yield None
+        return
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    try:
+        yield sock
+    finally:
+        sock.close()
+        os.unlink(path)
+
+
+def syslog_lines(sock: socket.socket | None, until: str) -> list[str]:
+    lines: list[str] = []
+    while sock is not None and not any(until in line for line in lines):
+        lines.append(sock.recv(4096).decode(errors="replace"))
+    return lines
+
+
+@needs_root
+def test_inetd_log_goes_to_syslog_not_into_the_tls_stream(pki, syslog_socket):
+    """inetd `nowait` gives the connection as fd 0, 1 and 2. At -vv (the ClientHello, the
+    certificate path, the handshake) the client's stream carries TLS only: the lines go to
+    syslog, facility daemon, tagged with our name and pid."""
+    client, server = socket.socketpair()
+    proc = subprocess.Popen([our_command(), "-vv", "-f", str(pki.ecdsa_p256.path), "--", "sh",
+                             "-c", "echo to-stderr >&2; exec cat"],
+                            stdin=server, stdout=server, stderr=server)
+    server.close()
+    try:
+        client.settimeout(20)
+        sock = e2e.client_context(pki.ca_pem, "tls13").wrap_socket(
+            client, server_hostname="localhost")
+        sock.sendall(b"ping\n")
+        assert sock.recv(10) == b"ping\n"       # not prog's stderr, not a log line
+        sock.close()
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = syslog_lines(syslog_socket, "handshake:")
+    if syslog_socket is not None:
+        assert all(line.startswith(f"<{3 * 8 + 7}>tlswrapper[{proc.pid}]: debug: ")
+                   or line.startswith(f"<{3 * 8 + 6}>tlswrapper[{proc.pid}]: info: ")
+                   for line in lines), lines
+        assert any("client hello: sni=localhost" in line for line in lines), lines
+
+
+@needs_root
+def test_inetd_fatal_alert_not_preceded_by_log_text(pki, tmp_path, syslog_socket):
+    """An unknown SNI with no fallback: "no usable certificate" is logged at the default
+    verbosity; under inetd the client gets the TLS alert as the first bytes (not the log
+    line in cleartext), and syslog gets the line, at severity err."""
+    certdir = pki.certdir({"known.example": "ecdsa-p256"})
+    client, server = socket.socketpair()
+    proc = subprocess.Popen([our_command(), "-d", str(certdir), "--", "cat"],
+                            stdin=server, stdout=server, stderr=server)
+    server.close()
+    try:
+        client.settimeout(20)
+        ctx = e2e.client_context(pki.ca_pem, "tls12")
+        ctx.check_hostname = False
+        with pytest.raises(ssl.SSLError, match="ALERT"):
+            ctx.wrap_socket(client, server_hostname="unknown.example")
+        assert proc.wait(20) == 111
+    finally:
+        client.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    lines = syslog_lines(syslog_socket, "fatal:")
+    if syslog_socket is not None:
+        assert any(line.startswith(f"<{3 * 8 + 3}>tlswrapper[{proc.pid}]: fatal: ")
+                   for line in lines), lines
