@@ -9,7 +9,9 @@ generous "gone within" limits.
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import ssl
 import struct
 import time
 from pathlib import Path
@@ -64,3 +66,102 @@ def test_burst_of_abrupt_clients_leaves_no_key_process_behind(pki):
         left = [pid for pid in group_members(srv.proc.pid) if pid != srv.proc.pid]
         described = [(pid, e2e.ppid_of(pid), e2e.uids(pid)) for pid in left if e2e.alive(pid)]
         assert described == [], f"left behind (pid, ppid, uids): {described}"
+
+
+# A prog that outlives its stdin and ignores SIGTERM (`exec` keeps the ignored signal): only
+# SIGKILL ends it. Its pid stays the one tlswrapper started (the waiter and prog exec).
+STUBBORN_PROG = ["sh", "-c", "trap '' TERM; cat; exec sleep 1000"]
+
+
+class BioClient:
+    """A Python ssl client over MemoryBIOs on a plain socket, so that the test can send a
+    record of its own making (a corrupted one) and read the raw bytes that come back."""
+
+    def __init__(self, port: int, ca) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        ctx = e2e.client_context(ca, "tls13")
+        self.obj = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname="localhost")
+        while True:
+            try:
+                self.obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self.sock.sendall(self.outgoing.read())
+                data = self.sock.recv(65536)
+                assert data, "the server closed during the handshake"
+                self.incoming.write(data)
+        self.sock.sendall(self.outgoing.read())
+
+    def echo(self, line: bytes) -> bytes:
+        self.obj.write(line)
+        self.sock.sendall(self.outgoing.read())
+        got = b""
+        while not got.endswith(b"\n"):
+            try:
+                got += self.obj.read(65536)
+            except ssl.SSLWantReadError:
+                data = self.sock.recv(65536)
+                assert data, "the server closed"
+                self.incoming.write(data)
+        return got
+
+    def send_corrupted_record(self) -> None:
+        self.obj.write(b"x" * 100)
+        record = bytearray(self.outgoing.read())
+        record[-1] ^= 1          # the AEAD tag no longer matches
+        self.sock.sendall(record)
+
+    def read_to_eof(self) -> bytes:
+        data = b""
+        while chunk := self.sock.recv(65536):
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_fatal_alert_and_close_do_not_wait_for_prog_or_the_key_process(pki):
+    """A corrupted record mid-transfer: the client gets bad_record_mac and, right after it, the
+    end of the connection, while prog (which ignores both its end of file and SIGTERM) is
+    still running; prog is then ended (SIGKILL after the grace) and no process is left.
+    Before, the close waited for prog's exit (up to the network timeout) and for the key
+    process (up to a second)."""
+    with e2e.TcpServer([our_command(), "-f", pki.ecdsa_p256.path, "--", *STUBBORN_PROG]) as srv:
+        client = BioClient(srv.port, pki.ca_pem)
+        try:
+            assert client.echo(b"ping\n") == b"ping\n"
+            procs = srv.connection()
+            client.send_corrupted_record()
+            raw = client.read_to_eof()
+            assert e2e.alive(procs.prog), "the close waited for prog's end"
+            client.incoming.write(raw)
+            with pytest.raises(ssl.SSLError, match="BAD_RECORD_MAC"):
+                client.obj.read(65536)
+        finally:
+            client.close()
+        assert e2e.wait_gone([procs.network, procs.key, procs.prog], GONE) == [], srv.log()
+        assert "Traceback" not in srv.log()
+
+
+def test_key_process_killed_mid_transfer_ends_prog_and_says_so(pki):
+    """The key process is killed (SIGKILL) between two records. The network process cannot
+    seal or open anything more: it closes the connection, ends prog (which ignores its end of
+    file and SIGTERM, so SIGKILL after the grace, from the jail), and logs what happened.
+    Before: `internal error (ChildError: go-ahead already sent)` and prog left to init."""
+    with e2e.TcpServer([our_command(), "-f", pki.ecdsa_p256.path, "--", *STUBBORN_PROG]) as srv:
+        client = BioClient(srv.port, pki.ca_pem)
+        try:
+            assert client.echo(b"ping\n") == b"ping\n"
+            procs = srv.connection()
+            os.kill(procs.key, signal.SIGKILL)
+            client.obj.write(b"more\n")
+            client.sock.sendall(client.outgoing.read())
+            client.read_to_eof()
+        finally:
+            client.close()
+        assert e2e.wait_gone([procs.network, procs.prog], GONE) == [], srv.log()
+        log = srv.log()
+        assert "key process was killed by signal 9" in log and "ending prog" in log, log
+        assert "internal error" not in log and "Traceback" not in log, log

@@ -29,6 +29,9 @@ EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
+FLUSH_GRACE = 0.5          # at the end: how long the last alert waits for a non-reading client
+FLUSH_LIMIT = 1 << 16      # at the end: at most this much of what is queued is still sent
+PROG_GRACE = 2.0           # prog's time to end on its end of file after a failure, per signal
 # prog closed its stdout: how long the client's bytes already read may take to reach prog
 # before its stdin is closed anyway (the C version ends such a connection in under 4 s).
 STDIN_CLOSE_GRACE = 2.0
@@ -105,6 +108,7 @@ class Relay:
         self.ack_due = False          # -n: prog asked for TLS; the ack is not written yet
         self.refused = False          # -n: the switch was refused (exit 111)
         self.quick_acks = True        # quick-ACK after each handshake flight (_quick_ack)
+        self.key_process_died: str | None = None   # why, when the key process failed us
 
     # ------------------------------------------------------------------ events
     def _handle(self, events: list) -> None:
@@ -501,6 +505,16 @@ class Relay:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
+        try:
+            self._loop()
+        except KeyProcessDied as e:
+            # Nothing can be sealed or opened any more, not even an alert: the connection
+            # ends here, and prog with it (_finish).
+            self.failed = True
+            self.key_process_died = str(e)
+        return self._finish()
+
+    def _loop(self) -> None:
         # select(), not poll(): in the jail RLIMIT_NOFILE is 0, and Linux refuses a poll()
         # over more descriptors than that limit (EINVAL); select() has no such check.
         opts = self.options
@@ -596,44 +610,88 @@ class Relay:
                 self._read_prog()
             if self.prog.stdin in can_write and self.to_prog:
                 self._write_prog()
-        return self._finish()
 
-    def _close_keys(self) -> None:
+    def _close_keys(self) -> int | None:
         """The key process sees end of file and exits: reap it (else it is left to init, and
-        its CPU time is counted nowhere under tcpserver or the listener)."""
+        its CPU time is counted nowhere under tcpserver or the listener). Its wait status,
+        or None."""
         try:
-            self.keys.close()
+            return self.keys.close()
         except (OSError, KeyProcessDied):
+            return None
+
+    def _flush_client(self) -> None:
+        """Best effort: the alert or close_notify still queued goes out, waiting at most
+        FLUSH_GRACE for a client that does not read (never a hang past it)."""
+        if not self.to_client or self.client_gone or self.out_shut:
+            return
+        data = memoryview(self.to_client)[:FLUSH_LIMIT]
+        deadline = time.monotonic() + FLUSH_GRACE
+        try:
+            while data:
+                try:
+                    data = data[os.write(self.client_out, data):]
+                    continue
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                select.select([], [self.client_out], [], left)
+        except (OSError, InterruptedError):
             pass
+        finally:
+            data.release()
+
+    def _key_process_failure(self) -> None:
+        """One line that says what became of the key process (killed, exited) and of the
+        connection, instead of a bare pipe error."""
+        status = self._close_keys()
+        if status is None:
+            how = "stopped answering"
+        elif os.WIFSIGNALED(status):
+            how = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with status {os.WEXITSTATUS(status)}"
+        ending = "; ending prog" if self.started else ""
+        log.fatal(f"key process {how} ({self.key_process_died}): connection closed{ending}")
 
     def _finish(self) -> int:
+        self._flush_client()
         if self.client_sock is not None:
-            # fd 1 stays open until the process exits; the wrapper must not close it.
-            self.client_sock.detach()
+            self.client_sock.detach()     # the descriptor is closed below, not by the wrapper
             self.client_sock = None
-        # Best effort: the alert or close_notify still queued goes out, without waiting long.
-        if self.to_client and not self.client_gone and not self.out_shut:
+        # The connection is closed now (after a fatal alert: right after it), not once prog
+        # and the key process are gone: a strict peer waits for the close, and tcpserver's
+        # or the listener's slot is freed sooner. Closed, not shut down: as at our exit, the
+        # kernel answers with a reset if client bytes are left unread.
+        for fd in {self.client_in, self.client_out}:
             try:
-                fcntl.fcntl(self.client_out, fcntl.F_SETFL,
-                            fcntl.fcntl(self.client_out, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-                os.write(self.client_out, self.to_client[:1 << 16])
+                os.close(fd)
             except OSError:
                 pass
+        self.client_gone = self.out_shut = True
         self._close_prog_stdin()
         self.prog.close_stdout()
+        if self.key_process_died is not None:
+            self._key_process_failure()
         if not self.started:
             self.prog.abort()
             self.prog.wait()
+            self.prog.disarm()
             self._close_keys()
             return EXIT_FATAL
         self.prog.close()   # -n: fd 5 and 6 too, so that a prog awaiting the ack sees EOF
-        status = self.prog.wait(timeout=self.options.timeout)
+        # After a failure nothing more reaches prog or comes from it: it has PROG_GRACE to
+        # end on its end of file, then it is ended. Else it has the network timeout.
+        status = self.prog.wait(timeout=PROG_GRACE if self.failed else self.options.timeout)
+        if status is None:
+            status = self.prog.end(PROG_GRACE)
+        self.prog.disarm()
         self._close_keys()
-        if self.refused:
+        if self.refused or self.key_process_died is not None:
             return EXIT_FATAL
-        if self.failed and status is None:
-            return EXIT_FATAL
-        return EXIT_FATAL if status is None else status
+        return status
 
 
 class _KeyProcessJail:
@@ -690,6 +748,8 @@ class Prepared:
                                          delayed_encryption=options.delayed_encryption)
             # prog has its copies of what we inherited (`prog 9>log`); we need none of them.
             child.drop_inherited()
+            # While we may: once jailed, only this lets us end prog (Relay._finish).
+            self.prog.arm_end_signal()
         except (OSError, child.ChildError) as e:
             self.keys.close()
             raise StartError(f"unable to start: {e}") from None
@@ -747,12 +807,7 @@ class Prepared:
                 prog.abort()
                 return EXIT_FATAL
             relay.conn = ServerConnection(verifier.server_config(self.config), self.keys)
-        try:
-            return relay.run()
-        except KeyProcessDied as e:
-            log.fatal(f"key process: {e}")
-            prog.abort()
-            return EXIT_FATAL
+        return relay.run()      # a dead key process included (Relay.run, _finish)
 
 
 def prepare(options) -> Prepared:
