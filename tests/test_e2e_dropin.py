@@ -433,3 +433,20 @@ def test_client_certificate_refused(pki, client_cas, n):
     BearSSL does not process name constraints."""
     got, status, log = client_cert_session("ours", pki, client_cas, n)
     assert got is None and status == 111, log
+
+
+# --------------------------------------------------------------------------- prog killed
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prog_killed_by_signal_is_logged(pki, impl):
+    """Exit 111 and one fatal line (shown at the default verbosity), as the C version."""
+    with Run([command(impl), "-f", pki.ecdsa_p256.path, "--",
+              "sh", "-c", "kill -TERM $$"]) as run:
+        with run.tls(pki.ca_pem, "tls12") as sock:
+            assert e2e.recv_all(sock, 20) == b""
+        assert run.wait(20) == 111
+        lines = run.stderr().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("tlswrapper: fatal: ")
+    assert "child process killed by signal 15" in lines[0], lines
