@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 from conftest import debian_tlswrapper, needs_root, our_command
@@ -384,3 +385,68 @@ def test_inetd_fatal_alert_not_preceded_by_log_text(pki, tmp_path, syslog_socket
     if syslog_socket is not None:
         assert any(line.startswith(f"<{3 * 8 + 3}>tlswrapper[{proc.pid}]: fatal: ")
                    for line in lines), lines
+
+
+# --------------------------------------------------------------------------- -a: client CAs
+
+RECIPES = Path(__file__).parent / "client_ca_recipes.sh"
+
+
+@pytest.fixture(scope="module")
+def client_cas(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("client-cas")
+    subprocess.run(["bash", str(RECIPES)], cwd=d, check=True, capture_output=True, timeout=60)
+    return d
+
+
+def client_cert_session(impl: str, pki, cas: Path, n: int) -> tuple[bytes | None, int, str]:
+    """Present leaf n (with the intermediate for 3 and 5) to -a caN.pem; what prog printed
+    (None: the handshake or the first read failed), the exit status, the log."""
+    anchor = cas / f"ca{3 if n == 5 else n}.pem"
+    chain = cas / f"chain{n}.pem"
+    chain.write_bytes((cas / f"l{n}.pem").read_bytes()
+                      + ((cas / "i3.pem").read_bytes() if n in (3, 5) else b""))
+    with Run([command(impl), "-v", "-a", anchor, "-f", pki.ecdsa_p256.path, "--",
+              "sh", "-c", "echo verified"]) as run:
+        ctx = e2e.client_context(pki.ca_pem, "tls12")
+        ctx.load_cert_chain(chain, cas / f"l{n}.key")
+        try:
+            with ctx.wrap_socket(run.client_sock, server_hostname="localhost") as sock:
+                got: bytes | None = e2e.recv_all(sock, 20)
+        except (ssl.SSLError, OSError):
+            got = None
+        return got, run.wait(20), run.stderr()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("n", [1, 2, 3], ids=["req-x509-no-keyusage-leaf-no-san-no-aki",
+                                             "openssl-ca-leaf", "pathlen-nameconstraints"])
+def test_client_certificate_from_common_ca_recipes_accepted(pki, client_cas, impl, n):
+    got, status, log = client_cert_session(impl, pki, client_cas, n)
+    assert (got, status) == (b"verified\n", 0), log
+
+
+@pytest.mark.parametrize("n", [4, 5], ids=["ca-keyusage-without-keycertsign",
+                                           "outside-name-constraints"])
+def test_client_certificate_refused(pki, client_cas, n):
+    """Ours refuses both (RFC 5280 4.2.1.3, 4.2.1.10). The C version (BearSSL) is not asserted:
+    BearSSL does not process name constraints."""
+    got, status, log = client_cert_session("ours", pki, client_cas, n)
+    assert got is None and status == 111, log
+
+
+# --------------------------------------------------------------------------- prog killed
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_prog_killed_by_signal_is_logged(pki, impl):
+    """Exit 111 and one fatal line (shown at the default verbosity), as the C version."""
+    with Run([command(impl), "-f", pki.ecdsa_p256.path, "--",
+              "sh", "-c", "kill -TERM $$"]) as run:
+        with run.tls(pki.ca_pem, "tls12") as sock:
+            assert e2e.recv_all(sock, 20) == b""
+        assert run.wait(20) == 111
+        lines = run.stderr().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("tlswrapper: fatal: ")
+    assert "child process killed by signal 15" in lines[0], lines

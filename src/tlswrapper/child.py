@@ -257,6 +257,10 @@ class Prog:
                 continue
             if pid == 0:
                 return None
+            if os.WIFSIGNALED(status):
+                # As the C version, at its level (fatal: shown by default): exit 111 alone
+                # does not say that prog crashed or was killed.
+                log.fatal(f"child process killed by signal {os.WTERMSIG(status)}")
             self.status = exit_code(status)
             return self.status
 
