@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_root, our_command
+from tls13client import TLS13Client
 
 import e2e
+from tlswrapper.tls import suites
 
 pytestmark = [needs_root, pytest.mark.timeout(180)]
 
@@ -165,3 +167,74 @@ def test_key_process_killed_mid_transfer_ends_prog_and_says_so(pki):
         log = srv.log()
         assert "key process was killed by signal 9" in log and "ending prog" in log, log
         assert "internal error" not in log and "Traceback" not in log, log
+
+
+def tls13_connect(port: int) -> tuple[socket.socket, TLS13Client]:
+    """A handshake with the test suite's own TLS 1.3 client (it can send KeyUpdate)."""
+    client = TLS13Client(groups=(suites.X25519,))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    client.start()
+    sock.sendall(client.data_to_send())
+    while not client.connected:
+        data = sock.recv(65536)
+        assert data, "the server closed during the handshake"
+        client.receive(data)
+        sock.sendall(client.data_to_send())
+    return sock, client
+
+
+def test_key_update_flood_with_tiny_records_never_read_is_refused(pki):
+    """The flood that grew the network process to 94 MB: KeyUpdate (update requested),
+    1-byte record, KeyUpdate, ... and never a read. Each record used to clear the count; now
+    the client is stopped with unexpected_message after MAX_KEY_UPDATES, and every process
+    of the connection ends."""
+    with e2e.TcpServer([our_command(), "-f", pki.ecdsa_p256.path, "--", "cat"]) as srv:
+        sock, client = tls13_connect(srv.port)
+        procs = srv.connection()
+        try:
+            for _ in range(1000):
+                client.key_update(requested=True)
+                client.send(b"x")
+            try:
+                sock.sendall(client.data_to_send())
+            except (BrokenPipeError, ConnectionResetError):
+                pass            # refused already
+            received = b""
+            try:
+                while chunk := sock.recv(65536):
+                    received += chunk
+            except ConnectionResetError:
+                pass            # our unread flood makes the close a reset
+        finally:
+            sock.close()
+        client.receive(received)
+        assert (2, suites.UNEXPECTED_MESSAGE) in client.alerts, client.alerts
+        assert len(client.key_updates_received) <= 64
+        assert e2e.wait_gone([procs.network, procs.key, procs.prog], GONE) == [], srv.log()
+
+
+def test_client_that_never_reads_is_not_read_while_its_output_is_queued(pki):
+    """prog writes without end and swallows its stdin; the client sends without end and never
+    reads. Once the output queued for the client is over the relay's bound, the client is not
+    read any more (whatever it sends would make more output: KeyUpdate answers, alerts): its
+    writes stall instead of the network process growing. Before, it was read on and on."""
+    prog = ["sh", "-c", "cat /dev/zero & exec cat >/dev/null"]
+    with e2e.TcpServer([our_command(), "-f", pki.ecdsa_p256.path, "--", *prog]) as srv:
+        sock, client = tls13_connect(srv.port)
+        procs = srv.connection()
+        sock.settimeout(5)
+        sent, stalled = 0, False
+        try:
+            while sent < 256 << 20:
+                client.send(os.urandom(16) * 1024)
+                try:
+                    sock.sendall(client.data_to_send())
+                except socket.timeout:
+                    stalled = True
+                    break
+                sent += 16384
+            assert stalled, f"{sent} bytes taken while {procs.network} could not write"
+            assert e2e.rss_kib(procs.network) < 64 * 1024
+        finally:
+            sock.close()
+        assert e2e.wait_gone([procs.network, procs.key, procs.prog], GONE) == [], srv.log()

@@ -554,8 +554,12 @@ class Relay:
                 break
             readers = []
             writers = []
+            # Not while too much waits for either side: for prog, or for the client, since
+            # what it sends makes output too (KeyUpdate answers, alerts), and a client that
+            # never reads would otherwise grow this process without bound.
             if not self.client_ended and not self.prog_out_ended \
-                    and len(self.to_prog) + len(self.held) < BUFFER_LIMIT:
+                    and len(self.to_prog) + len(self.held) < BUFFER_LIMIT \
+                    and len(self.to_client) < BUFFER_LIMIT:
                 readers.append(self.client_in)
             if self.started and (self.cleartext or self.tls_up) and not self.prog_out_ended \
                     and len(self.to_client) < BUFFER_LIMIT:
