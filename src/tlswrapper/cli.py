@@ -127,10 +127,19 @@ def _check_file(kind: str, given: str, add_word: str) -> None:
         raise OptionError(f"unable to {add_word} {kind} '{path}' ({reason})") from None
     if stat.S_ISDIR(st.st_mode):
         raise OptionError(f"unable to add {kind} '{path}' (is a directory)")
+    if not stat.S_ISREG(st.st_mode):
+        raise OptionError(f"unable to add {kind} '{path}' (not a regular file)")
     try:
         # Opened for real: os.access would answer for the real uid, not the effective one.
-        with open(path, "rb") as f:
-            f.read(1)
+        # Without blocking (the name may have become a FIFO since the stat), and checked
+        # again on the descriptor.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OptionError(f"unable to add {kind} '{path}' (not a regular file)")
+            os.read(fd, 1)
+        finally:
+            os.close(fd)
     except OSError as e:
         raise OptionError(f"unable to open {kind} '{path}' ({log.oserror_text(e)}{note})") from None
 
