@@ -14,7 +14,7 @@ import time
 import pytest
 
 from tlswrapper.child import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
-                              exit_code, start_prog)
+                              exit_code, inherited_fds, start_prog)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
 
@@ -149,19 +149,28 @@ def test_go_twice_is_an_error() -> None:
     assert finish(prog)[1] == 0
 
 
-def test_prog_gets_only_its_fds() -> None:
-    # A stray inheritable fd of the parent must not reach prog.
+@pytest.mark.parametrize("user", [None, "nobody"], ids=["waiter", "forked"])
+def test_prog_gets_inherited_fds_but_none_of_ours(user) -> None:
+    # An inherited (inheritable) fd reaches prog, as in the C version (`prog 9>log`); one of
+    # ours (close-on-exec, as Python makes them) does not; a withheld one does not either.
+    if user is not None and os.geteuid() != 0:
+        pytest.skip("needs root")
+    inherited = set(inherited_fds())
     r, w = os.pipe()
     os.set_inheritable(r, True)
+    withheld, w2 = os.pipe()
+    os.set_inheritable(withheld, True)
     try:
-        prog = start_prog(["ls", "/proc/self/fd"])
+        prog = start_prog(["ls", "/proc/self/fd"], user=user, withhold=(withheld,))
         prog.go()
         out, _ = finish(prog)
     finally:
-        os.close(r)
-        os.close(w)
-    fds = sorted(int(x) for x in out.split())
-    assert fds[:3] == [0, 1, 2] and len(fds) <= 4   # 0, 1, 2 and ls's own directory fd
+        for fd in (r, w, withheld, w2):
+            os.close(fd)
+    fds = {int(x) for x in out.split()}
+    assert r in fds and w not in fds and withheld not in fds and w2 not in fds
+    # Beyond those: 0, 1, 2, what the test runner itself inherited, and ls's directory fd.
+    assert len(fds - {0, 1, 2, r} - inherited) <= 1, (fds, inherited)
 
 
 def test_delayed_encryption_fds() -> None:

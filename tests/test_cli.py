@@ -22,7 +22,7 @@ What Debian's C tlswrapper (20230101) printed for the same cases, observed by ha
 | -t 99999999999999                      | 100    | fatal: timeout must be a number < 86400, not '...' (86400 itself is accepted)
 | -t abc, -T abc                         | 100    | fatal: unable to parse timeout from the string 'abc' (invalid argument)
 | -t 1x                                  | (ok)   | accepted (as 1); -t +5 and -t 010 accepted too
-| -p 2                                   | 100    | fatal: unable to parse incoming proxy-protocol version from the string '2' + `available: 1`
+| -p 2                                   | 100    | fatal: unable to parse incoming proxy-protocol version from the string '2' + `available: 1` (ours: 0, 1, 2 accepted)
 | -U foo                                 | 100    | fatal: unable to parse ASN.1 object from the string 'foo' + `available:` lines
 | -U commonName (no -a)                  | 100    | fatal: option -U must be used with -a
 | -a x -U commonName -n                  | 100    | fatal: option -U is not compatible with -u   (sic: the C text says -u)
@@ -149,6 +149,12 @@ def test_all_other_options(files: Path) -> None:
     assert o.server_preference and not o.delayed_encryption
 
 
+def test_proxy_protocol_versions_0_1_2(files: Path) -> None:
+    assert parse(["-f", "ec.pem", "p"]).proxy_protocol is None
+    for version in (0, 1, 2):
+        assert parse(["-f", "ec.pem", f"-p{version}", "p"]).proxy_protocol == version
+
+
 def test_server_config(files: Path) -> None:
     o = parse(["-f", "ec.pem", "-a", "ca.pem", "-S", "-M", "tls12", "-e", "x25519", "p"])
     cfg = o.server_config(client_ca_names=(b"\x30\x00",))
@@ -224,8 +230,8 @@ OPTION_CASES = [
      "unable to parse timeout from the string '1x' (invalid argument)"),
     (["-f", "ec.pem", "-T", "", "true"],
      "unable to parse handshake timeout from the string '' (invalid argument)"),
-    (["-f", "ec.pem", "-p", "2", "true"],
-     "unable to parse incoming proxy-protocol version from the string '2' (available: 1)"),
+    (["-f", "ec.pem", "-p", "3", "true"],
+     "unable to parse incoming proxy-protocol version from the string '3' (available: 0, 1, 2)"),
     (["-f", "ec.pem", "-U", "foo", "true"],
      "unable to parse ASN.1 object from the string 'foo' (available: commonName, emailAddress)"),
     (["-f", "ec.pem", "-U", "commonName", "true"], "option -U must be used with -a"),

@@ -146,8 +146,10 @@ def test_64mib_through_tlswrapper_and_tlswrapper_tcp(nginx, pki, tmp_path):
         ts.stop()
 
 
-def test_proxy_protocol_reaches_nginx(nginx, pki, tmp_path):
-    ts = wrapper(pki, tmp_path, "-P", "1", "127.0.0.1", str(nginx.proxy_port))
+@pytest.mark.parametrize("version", ["1", "2"])
+def test_proxy_protocol_reaches_nginx(version, nginx, pki, tmp_path):
+    """-P 1 (text) and -P 2 (binary): nginx, a real receiver of both, logs the client."""
+    ts = wrapper(pki, tmp_path, "-P", version, "127.0.0.1", str(nginx.proxy_port))
     try:
         p = curl(ts.port, pki, "/index.html")
         assert p.returncode == 0 and p.stdout == b"hello from nginx\n", (p.stderr, ts.log())

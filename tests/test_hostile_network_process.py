@@ -449,6 +449,7 @@ def test_hostile_network_process_oversized_frame_ends_it_before_its_body(site, n
 ])
 def test_hostile_network_process_malformed_frames_end_it(site, frame):
     v = Victim(site["files"])
+    v.ks.ready()       # serving: an EOF during its start-up is the network process leaving
     v.raw(frame)
     os.close(v.ks.wfd)          # EOF after the frame
     v.ks.wfd = os.open(os.devnull, os.O_WRONLY)

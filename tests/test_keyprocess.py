@@ -491,6 +491,49 @@ def test_key_process_dies_with_the_network_process(jailed):
         os.kill(holder, signal.SIGKILL)   # the orphaned pipe holder, started by this test
 
 
+@pytest.mark.parametrize("network_jailed", [False, True])
+def test_key_process_still_starting_ends_with_its_network_process(network_jailed, tmp_path):
+    """The key process is still starting (here a factory that sleeps, standing for imports
+    slowed by load) when its network process exits. A jailed network process (another uid)
+    cannot signal it, and the kernel drops PR_SET_PDEATHSIG for the same reason (the signal
+    is sent with the dying parent's credentials): the key process must notice the end of its
+    request pipe itself, at once, not after its start-up."""
+    if network_jailed and os.geteuid() != 0:
+        pytest.skip("needs root to change uid")
+    started = tmp_path / "started"
+    r, w = os.pipe()
+    net = os.fork()
+    if net == 0:
+        try:
+            def slow_start(jail, files):
+                started.write_text("")
+                time.sleep(60)
+                return Fake(jail, files)
+            _ks, kpid = start_key_process(None, FILES, factory=slow_start, log=None)
+            os.write(w, kpid.to_bytes(4, "big"))
+            while not started.exists():      # the key process is past its first checks
+                time.sleep(0.01)
+            if network_jailed:
+                _setuid_jail()
+        finally:
+            os._exit(0)
+    got = b""
+    while len(got) < 4:
+        got += os.read(r, 4 - len(got))
+    kpid = int.from_bytes(got, "big")
+    os.close(r)
+    os.close(w)
+    os.waitpid(net, 0)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _alive(kpid):
+            time.sleep(0.01)
+        assert not _alive(kpid)
+    finally:
+        if _alive(kpid):
+            os.kill(kpid, signal.SIGKILL)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:

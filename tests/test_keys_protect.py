@@ -372,17 +372,22 @@ def test_cbc_mac_check_costs_the_same_compressions_whatever_the_padding(hash_cod
     assert len(counts) == 1
 
 
-def test_cbc_malformed_lengths_are_decode_error() -> None:
+@pytest.mark.parametrize("version", [suites.TLS10, suites.TLS11, suites.TLS12])
+def test_cbc_malformed_lengths_are_bad_record_mac(version) -> None:
+    """RFC 5246 7.2.2: a ciphertext that is not a multiple of the block size, or too short for
+    (IV,) MAC and padding, is bad_record_mac like a bad MAC or padding (not decode_error)."""
     key, mk = os.urandom(16), os.urandom(20)
-    r = protect.new_protection(suites.TLS12, suites.SUITES[0xC013], key, os.urandom(16), mk)
-    for n in (0, 15, 16, 17, 31, 33):   # not a block multiple, or too short for IV + MAC
-        rec = bytes((23, 3, 3)) + n.to_bytes(2, "big") + bytes(n)
-        assert r.open([rec])[1] == suites.DECODE_ERROR, n
-    etm = protect.new_protection(suites.TLS12, suites.SUITES[0xC013], key, os.urandom(16), mk,
+    iv_len = 16 if version >= suites.TLS11 else 0
+    r = protect.new_protection(version, suites.SUITES[0xC013], key, os.urandom(16), mk)
+    # not a block multiple, or too short for IV + MAC (20) + one padding byte
+    for n in (0, 1, 15, 17, 31, 33, iv_len + 16, iv_len + 31, iv_len + 33):
+        rec = bytes((23, 3, version & 0xFF)) + n.to_bytes(2, "big") + bytes(n)
+        assert r.open([rec])[1] == suites.BAD_RECORD_MAC, n
+    etm = protect.new_protection(version, suites.SUITES[0xC013], key, os.urandom(16), mk,
                                  True)
-    for n in (20, 36, 20 + 33):
-        rec = bytes((23, 3, 3)) + n.to_bytes(2, "big") + bytes(n)
-        assert etm.open([rec])[1] == suites.DECODE_ERROR, n
+    for n in (0, 19, 20, 36, 20 + 33, 20 + iv_len + 15):
+        rec = bytes((23, 3, version & 0xFF)) + n.to_bytes(2, "big") + bytes(n)
+        assert etm.open([rec])[1] == suites.BAD_RECORD_MAC, n
 
 
 def test_etm_bad_padding_after_good_mac_is_bad_record_mac() -> None:

@@ -1,4 +1,5 @@
-"""PROXY protocol v1 parser and builder (src/tlswrapper/proxyproto.py), without processes."""
+"""PROXY protocol v1 parser and builder (src/tlswrapper/proxyproto.py), without processes.
+(Version 2 and the reader's -p 0: tests/test_proxyproto2.py.)"""
 
 from __future__ import annotations
 
@@ -24,12 +25,15 @@ GOOD = [
     (b"PROXY UNKNOWN ffff:f...f:ffff ffff:f...f:ffff 65535 65535\r\n", ProxyHeader("UNKNOWN")),
 ]
 
-# The protocol's worst case, 107 bytes: UNKNOWN with the longest TCP6 fields after it. The
-# longest TCP6 line itself is 104.
-LONGEST = (b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
-           b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n")
+# The specification's worst case, 107 bytes: UNKNOWN with 39-character TCP6 fields after it
+# (the TCP6 line itself is then 104). The longest legal line is 116: TCP6 with both addresses
+# written with a dotted IPv4 tail (45 characters), which the C version takes too.
+LONGEST_UNKNOWN = (b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
+                   b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n")
 LONGEST_TCP6 = (b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff "
                 b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n")
+LONGEST = (b"PROXY TCP6 ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 "
+           b"ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255 65535 65535\r\n")
 
 BAD = {
     "double space": b"PROXY TCP4 1.2.3.4  5.6.7.8 1111 2222\r\n",
@@ -64,7 +68,7 @@ BAD = {
     "NUL": b"PROXY TCP4 1.2.3.4\x005.6.7.8 1111 2222\r\n",
     "high byte": b"PROXY UNKNOWN \xff\r\n",
     "v2 signature": b"\r\n\r\n\x00\r\nQUIT\n",
-    "over-long": b"PROXY UNKNOWN " + b"x" * 100 + b"\r\n",
+    "over-long": b"PROXY UNKNOWN " + b"x" * 101 + b"\r\n",
 }
 
 
@@ -76,16 +80,24 @@ def test_parse_good(line: bytes, expected: ProxyHeader) -> None:
     assert reader.rest == b"\x16\x03\x01rest"
 
 
-def test_longest_valid_line() -> None:
-    assert len(LONGEST) == MAX_LINE
-    assert parse_line(LONGEST) == ProxyHeader("UNKNOWN")
+def test_longest_valid_line_dotted_ipv6_tails() -> None:
+    assert len(LONGEST) == MAX_LINE == 116
+    full = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+    assert parse_line(LONGEST) == ProxyHeader("TCP6", full, full, 65535, 65535)
     reader = ProxyReader()
     assert reader.feed(LONGEST) is not None and reader.rest == b""
+    assert len(LONGEST_UNKNOWN) == 107
+    assert parse_line(LONGEST_UNKNOWN) == ProxyHeader("UNKNOWN")
     assert len(LONGEST_TCP6) == 104
     assert parse_line(LONGEST_TCP6).source_port == 65535
 
 
-def test_108_bytes_refused() -> None:
+def test_ipv4_mapped_dotted_tail_shown_as_ipv4() -> None:
+    line = b"PROXY TCP6 0:0:0:0:0:ffff:192.0.2.7 0000:0000:0000:0000:0000:ffff:1.2.3.4 1 2\r\n"
+    assert parse_line(line) == ProxyHeader("TCP6", "192.0.2.7", "1.2.3.4", 1, 2)
+
+
+def test_one_byte_over_the_longest_refused() -> None:
     line = b"PROXY UNKNOWN " + b"x" * (MAX_LINE + 1 - 16) + b"\r\n"
     assert len(line) == MAX_LINE + 1
     with pytest.raises(ProxyError):
@@ -110,12 +122,12 @@ def test_parse_bad(name: str) -> None:
 
 
 def test_early_refusal() -> None:
-    # A ClientHello without a header fails at its first byte, not after 107 bytes.
+    # A ClientHello without a header fails at its first byte, not after 116 bytes.
     with pytest.raises(ProxyError):
         ProxyReader().feed(b"\x16")
     with pytest.raises(ProxyError):
         ProxyReader().feed(b"GET ")
-    # An over-long line fails as soon as 107 bytes have come without a CRLF.
+    # An over-long line fails as soon as 116 bytes have come without a CRLF.
     reader = ProxyReader()
     assert reader.feed(b"PROXY UNKNOWN " + b"x" * (MAX_LINE - 15)) is None
     with pytest.raises(ProxyError):
@@ -149,7 +161,9 @@ def test_environment() -> None:
     h = parse_line(b"PROXY TCP6 2001:db8::1 ::2 40000 443\r\n")
     assert h.environment() == {"TCPREMOTEIP": "2001:db8::1", "TCPREMOTEPORT": "40000",
                                "TCPLOCALIP": "::2", "TCPLOCALPORT": "443"}
-    assert parse_line(b"PROXY UNKNOWN\r\n").environment() == {}
+    # As the C version: the proxy's own address must never pass for the client's.
+    assert parse_line(b"PROXY UNKNOWN\r\n").environment() == {
+        "TCPREMOTEIP": "::", "TCPREMOTEPORT": "0", "TCPLOCALIP": "::", "TCPLOCALPORT": "0"}
 
 
 def test_build() -> None:

@@ -25,6 +25,9 @@ def test_parse():
     o = tcp.parse(["-vvq", "-t5", "-T", "2", "-p1", "-P", "1", "-J/j", "--", "h", "1"])
     assert (o.timeout, o.connect_timeout, o.proxy_in, o.proxy_out, o.jail_dir) == \
         (5, 2, 1, 1, "/j")
+    o = tcp.parse(["-p2", "-P2", "h", "1"])
+    assert (o.proxy_in, o.proxy_out) == (2, 2)
+    assert tcp.parse(["-p0", "h", "1"]).proxy_in == 0
 
 
 @pytest.mark.parametrize("args", [[], ["h"], ["-x", "h", "1"], ["h", "1", "extra"], ["-t"]])
@@ -34,7 +37,7 @@ def test_usage_errors(args):
 
 
 @pytest.mark.parametrize("args", [["h", "65536"], ["h", "x"], ["-t0", "h", "1"],
-                                  ["-T", "86401", "h", "1"], ["-P2", "h", "1"], ["-p0", "h", "1"],
+                                  ["-T", "86401", "h", "1"], ["-P3", "h", "1"], ["-P0", "h", "1"], ["-p3", "h", "1"],
                                   ["-j", "no-such-user-xyz", "h", "1"], ["-j", "root", "h", "1"]])
 def test_option_errors(args):
     with pytest.raises(tcp.OptionError):
@@ -101,6 +104,12 @@ class Backend:
                 self.received += data
 
     def close(self):
+        # shutdown wakes a thread blocked in accept() (close alone does not, on Linux): a test
+        # whose client never connects does not wait out the accept timeout.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         self.thread.join(20)
 
@@ -266,3 +275,64 @@ def test_jailed_live_process():
             proc.kill()
             proc.wait(5)
         lsock.close()
+
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+@needs_root
+@pytest.mark.parametrize("incoming", ["v1", "v2"])
+def test_proxy_v2_out_passes_the_incoming_client_on(incoming):
+    """-p 0 (either version in) -P 2: the backend gets the client's addresses in the binary
+    header (as written by hand from the specification), then the bytes after the header."""
+    v2_in = (V2_SIGNATURE + b"\x21\x21\x00\x24" + socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+             + socket.inet_pton(socket.AF_INET6, "2001:db8::2") + b"\x03\xe8\x07\xd0")
+    header = v2_in if incoming == "v2" else b"PROXY TCP6 2001:db8::1 2001:db8::2 1000 2000\r\n"
+    b = Backend()
+    try:
+        p = run_tcp(["-p", "0", "-P", "2", "127.0.0.1", str(b.port)], header + b"rest")
+        b.thread.join(20)
+        assert p.returncode == 0, p.stderr
+        assert b.received == v2_in + b"rest"
+    finally:
+        b.close()
+
+
+@needs_root
+def test_proxy_v2_out_ipv4_and_unknown():
+    b = Backend()
+    try:
+        env = {"TCPREMOTEIP": "192.0.2.1", "TCPREMOTEPORT": "5555", "TCPLOCALIP": "192.0.2.2",
+               "TCPLOCALPORT": "443"}
+        p = run_tcp(["-P", "2", "127.0.0.1", str(b.port)], b"payload", env=env)
+        b.thread.join(20)
+        assert p.returncode == 0, p.stderr
+        assert b.received == (V2_SIGNATURE + b"\x21\x11\x00\x0c" + bytes([192, 0, 2, 1, 192, 0, 2, 2])
+                              + (5555).to_bytes(2, "big") + (443).to_bytes(2, "big") + b"payload")
+    finally:
+        b.close()
+    # An incoming UNKNOWN goes on as unknown (v2: PROXY over UNSPEC, no addresses), not as
+    # the `::` and `0` tlswrapper gives prog for it.
+    for args, expected in ((["-p1", "-P2"], V2_SIGNATURE + b"\x21\x00\x00\x00"),
+                           (["-p1", "-P1"], b"PROXY UNKNOWN\r\n")):
+        b = Backend()
+        try:
+            p = run_tcp([*args, "127.0.0.1", str(b.port)], b"PROXY UNKNOWN\r\nx")
+            b.thread.join(20)
+            assert p.returncode == 0, p.stderr
+            assert b.received == expected + b"x"
+        finally:
+            b.close()
+
+
+@needs_root
+def test_proxy_v2_in_malformed_111():
+    b = Backend()
+    try:
+        # version 1 in the version nibble
+        p = run_tcp(["-p", "2", "127.0.0.1", str(b.port)], V2_SIGNATURE + b"\x11\x11\x00\x0c" + bytes(12))
+        assert p.returncode == 111
+        assert b"PROXY protocol header (version 1 in a v2 header)" in p.stderr
+        assert b"Traceback" not in p.stderr and b.received == b""
+    finally:
+        b.close()

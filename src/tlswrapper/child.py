@@ -71,17 +71,46 @@ def _account_ok(name: str) -> bool:
 CONTROL_FD = 5
 ACK_FD = 6
 
-# The shell waiter (see the module docstring): reads the go-ahead on fd 3, then execs prog
-# ("$@", resolved to a path already) with fd 3 closed. /bin/sh is POSIX sh (dash on Debian).
+# The shell waiter (see the module docstring): reads the go-ahead on fd WAITER_FD, then execs
+# prog ("$@", resolved to a path already) with that fd closed. /bin/sh is POSIX sh (dash on
+# Debian), whose redirections take single-digit fds only: the waiter's fd is the lowest of
+# 3..9 that is neither inherited (it belongs to prog, see inherited_fds) nor 5/6 with -n.
 WAITER_SHELL = "/bin/sh"
 WAITER_FD = 3
-WAITER = (
-    'while IFS= read -r line <&3; do case $line in '
-    'go) exec "$@" 3<&-;; '
-    'abort) exit 111;; '
-    + "|".join(f"{name}=*" for name in sorted(ALLOWED_ENV)) + ') export "$line";; '
-    '*) echo "tlswrapper: fatal: go-ahead refused" >&2; exit 111;; '
-    'esac; done; exit 111')
+WAITER_FDS = range(3, 10)
+
+
+def waiter_script(fd: int = WAITER_FD) -> str:
+    return (
+        f'while IFS= read -r line <&{fd}; do case $line in '
+        f'go) exec "$@" {fd}<&-;; '
+        'abort) exit 111;; '
+        + "|".join(f"{name}=*" for name in sorted(ALLOWED_ENV)) + ') export "$line";; '
+        '*) echo "tlswrapper: fatal: go-ahead refused" >&2; exit 111;; '
+        'esac; done; exit 111')
+
+
+WAITER = waiter_script()
+
+
+def inherited_fds(withhold: Sequence[int] = ()) -> list[int]:
+    """The descriptors above 2 that we inherited and prog inherits in turn (a user's
+    `tlswrapper ... prog 9>log` expects fd 9 in prog, as the C version passes it). Python
+    makes every descriptor of its own close-on-exec (PEP 446), and the few we make
+    inheritable are the child's dup2 targets, so the inheritable ones are the inherited
+    ones. `withhold`: inherited ones prog must not get (tlswrapper-smtp's fd 5 and 6)."""
+    return [fd for fd in _inheritable_fds() if fd > 2 and fd not in withhold]
+
+
+def drop_inherited(withhold: Sequence[int] = ()) -> None:
+    """Close the inherited descriptors in this process once prog has its copies: the jailed
+    process that parses a client's bytes has no use for a user's log file or socket (the
+    C version keeps them; dropping them is safer). `withhold`: ones this process still uses."""
+    for fd in inherited_fds(withhold):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 class ChildError(Exception):
@@ -241,17 +270,22 @@ class Prog:
 
 
 def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: bool = False,
-               delayed_encryption: bool = False) -> Prog:
-    """Fork prog's child: stdin/stdout on pipes, stderr inherited, waiting for the go-ahead.
+               delayed_encryption: bool = False, withhold: Sequence[int] = ()) -> Prog:
+    """Fork prog's child: stdin/stdout on pipes, stderr and the other inherited descriptors
+    (inherited_fds) passed on, waiting for the go-ahead.
 
     `user` is -u (prog runs as that account); `user_from_cert` is -U (the go-ahead names the
-    account, which wins over -u). With `delayed_encryption` (-n) prog also gets fd 5 and 6."""
+    account, which wins over -u). With `delayed_encryption` (-n) prog also gets fd 5 and 6.
+    `withhold`: inherited descriptors prog must not get."""
     if not argv:
         raise ChildError("no prog to run")
+    passed = inherited_fds(withhold)
     if user is None and not user_from_cert:
         path = _resolve(argv[0])
-        if path is not None:
-            return _spawn_waiter(path, tuple(argv), delayed_encryption)
+        busy = set(passed) | ({CONTROL_FD, ACK_FD} if delayed_encryption else set())
+        waiter_fd = next((fd for fd in WAITER_FDS if fd not in busy), None)
+        if path is not None and waiter_fd is not None:
+            return _spawn_waiter(path, tuple(argv), delayed_encryption, waiter_fd, withhold)
     child, ours, made = _prog_pipes(delayed_encryption)
     try:
         pid = os.fork()
@@ -264,7 +298,7 @@ def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: 
         code = EXIT_FAILURE
         try:
             targets = {t: fd for t, fd in child.items() if t != _GO}
-            code = _child(tuple(argv), targets, child[_GO], user, user_from_cert)
+            code = _child(tuple(argv), targets, child[_GO], user, user_from_cert, passed)
         except BaseException as e:   # noqa: BLE001 -- the child must never unwind into the parent's code
             log.fatal(f"unable to run prog ({type(e).__name__}: {e})")
         os._exit(code)
@@ -322,10 +356,11 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool) -> Prog:
+def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool,
+                  waiter_fd: int = WAITER_FD, withhold: Sequence[int] = ()) -> Prog:
     """prog's waiting child as the shell WAITER, spawned without copying this process."""
     child, ours, made = _prog_pipes(delayed_encryption)
-    targets = {WAITER_FD if t == _GO else t: fd for t, fd in child.items()}
+    targets = {waiter_fd if t == _GO else t: fd for t, fd in child.items()}
     high: list[int] = []
     try:
         # Sources above every target (close-on-exec), so that no dup2 overwrites a source that
@@ -334,11 +369,13 @@ def _spawn_waiter(path: str, argv: tuple[str, ...], delayed_encryption: bool) ->
         for t, src in targets.items():
             high.append(fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10))
             actions.append((os.POSIX_SPAWN_DUP2, high[-1], t))
-        # Only 0, 1, 2 (and 5, 6) reach prog: anything else inheritable is closed.
-        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inheritable_fds()
-                    if fd > 2 and fd not in targets]
+        # Our own descriptors are all close-on-exec; inherited ones reach prog (see
+        # inherited_fds) except those withheld.
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in withhold
+                    if fd not in targets and fd in _inheritable_fds()]
         pid = os.posix_spawn(
-            WAITER_SHELL, ["sh", "-c", WAITER, "sh", path, *argv[1:]], os.environ,
+            WAITER_SHELL, ["sh", "-c", waiter_script(waiter_fd), "sh", path, *argv[1:]],
+            os.environ,
             file_actions=actions,
             # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across
             # exec: give prog the default behaviour it expects (`cat` dying on a closed pipe).
@@ -369,7 +406,7 @@ def _inheritable_fds() -> list[int]:
 
 
 def _child(argv: tuple[str, ...], targets: dict[int, int], ctl: int, user: str | None,
-           user_from_cert: bool) -> int:
+           user_from_cert: bool, passed: Sequence[int] = ()) -> int:
     """In the forked child: set up fds, wait for the go-ahead, switch account, exec."""
     # The parent's Python signal handlers and wakeup fd belong to the relay, not to us.
     signal.set_wakeup_fd(-1)
@@ -385,9 +422,9 @@ def _child(argv: tuple[str, ...], targets: dict[int, int], ctl: int, user: str |
     high = {t: fcntl.fcntl(src, fcntl.F_DUPFD_CLOEXEC, 10) for t, src in targets.items()}
     for t, src in high.items():
         os.dup2(src, t, inheritable=True)
-    # Only 0, 1, 2, (5, 6) and the control pipe survive: prog must not inherit the client
-    # socket's other descriptors, the key process's pipes or anything else of ours.
-    keep = sorted(set(targets) | {0, 1, 2, ctl})
+    # Only 0, 1, 2, (5, 6), the control pipe and what we inherited (inherited_fds) survive:
+    # prog must not inherit the key process's pipes or anything else of ours.
+    keep = sorted(set(targets) | {0, 1, 2, ctl} | set(passed))
     lo = 0
     for fd in keep:
         if fd > lo:

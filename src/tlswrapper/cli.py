@@ -54,7 +54,7 @@ class Options(Frozen):
     handshake_timeout: int
     user: str | None                        # -u account name
     user_from_cert: Literal["commonName", "emailAddress"] | None          # -U
-    proxy_protocol: int | None              # -p 1: PROXY protocol version 1
+    proxy_protocol: int | None              # -p: PROXY protocol version 1, 2, 0 (either)
     jail_dir: str
     jail_user: str | None                   # -j account name; None: random ids
     delayed_encryption: bool                # -n
@@ -252,8 +252,9 @@ def parse(args: Sequence[str]) -> Options:
         elif letter == "U":
             kw["user_from_cert"] = _choice("ASN.1 object", value, USER_FIELDS)
         elif letter == "p":
-            _choice("incoming proxy-protocol version", value, ("1",))
-            kw["proxy_protocol"] = 1
+            # 1: text, 2: binary, 0: either (the first byte tells; see the manual page)
+            kw["proxy_protocol"] = int(_choice("incoming proxy-protocol version", value,
+                                               ("0", "1", "2")))
         elif letter == "J":
             if not value:
                 raise OptionError("jaildir must not be empty")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import signal
 import sys
 import time
@@ -341,11 +342,55 @@ def _child_fds(keep: tuple[int, ...]) -> None:
     os.closerange(lo, 1 << 20 if (m := os.sysconf("SC_OPEN_MAX")) < 0 else max(m, lo))
 
 
+def _hung_up(rfd: int) -> bool:
+    """True when no process holds the request pipe's write end any more (the network process
+    is gone): pipe_poll reports POLLHUP then, even with requests still queued."""
+    poller = select.poll()
+    poller.register(rfd, 0)
+    try:
+        return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL)
+                   for _, events in poller.poll(0))
+    except OSError:
+        return False
+
+
+def _watch_request_pipe(rfd: int) -> None:
+    """From the first instant of the key process to its serve loop: end at once when the
+    network process goes. PR_SET_PDEATHSIG cannot do it: the kernel sends the parent-death
+    signal with the dying parent's credentials, so a network process that has jailed itself
+    (another uid) cannot deliver it to a key process still root (EPERM, nothing reported); and
+    setuid clears it. Instead the request pipe is put in O_ASYNC mode owned by this process:
+    the kernel sends SIGIO when the last writer closes (pipe_release) or writes, with the
+    credentials recorded here by F_SETOWN. Without this, a client that disconnects while its
+    key process imports cryptography left that process running as root, re-parented to init,
+    for as long as its start-up took (under a flood: many of them, outside tcpserver's -c)."""
+    # Exit status as at end of file in the serve loop: the network process is done with us.
+    def on_sigio(signum: int, frame: object) -> None:
+        if _hung_up(rfd):
+            os._exit(EXIT_OK)
+
+    signal.signal(signal.SIGIO, on_sigio)
+    fcntl.fcntl(rfd, fcntl.F_SETOWN, os.getpid())
+    fcntl.fcntl(rfd, fcntl.F_SETFL, fcntl.fcntl(rfd, fcntl.F_GETFL) | os.O_ASYNC)
+    if _hung_up(rfd):       # gone before the watch was set: no SIGIO will come
+        os._exit(EXIT_OK)
+
+
+def _unwatch_request_pipe(rfd: int) -> None:
+    """The serve loop notices the network process's end itself (EOF on a request, EPIPE on
+    an answer): no SIGIO per request from here on."""
+    fcntl.fcntl(rfd, fcntl.F_SETFL, fcntl.fcntl(rfd, fcntl.F_GETFL) & ~os.O_ASYNC)
+    signal.signal(signal.SIGIO, signal.SIG_IGN)
+    if _hung_up(rfd):       # gone between the last SIGIO and now
+        os._exit(EXIT_OK)
+
+
 def _key_process_main(rfd: int, wfd: int, parent: int, files: KeyFiles,
                       factory: Callable[[Callable[[], None] | None, KeyFiles], Any],
                       jail: Callable[[], None] | None,
                       log: Callable[[str], None] | None) -> int:
     """Runs in the forked child; returns its exit status."""
+    _watch_request_pipe(rfd)
     arm = _parent_death_signal()
     arm()
     if os.getppid() != parent:      # the network process died before prctl took effect
@@ -376,6 +421,7 @@ def _key_process_main(rfd: int, wfd: int, parent: int, files: KeyFiles,
                 os._exit(EXIT_FATAL)
 
     service = factory(rearming_jail, files)
+    _unwatch_request_pipe(rfd)
     try:
         key_service.serve(rfd, wfd, service, CallOrder(files.anchor is not None), log)
     except ipc.IpcError as e:

@@ -1,16 +1,21 @@
-"""PROXY protocol version 1 (HAProxy's text header): parse it incrementally, and build it.
+"""The PROXY protocol (HAProxy's): the header a load balancer puts before the client's bytes.
+Version 1 (text) is parsed and built here, version 2 (binary) in proxyproto2.py; the
+ProxyReader here reads either, or both on one port (`-p 0`).
 
     PROXY TCP4 <src ip> <dst ip> <src port> <dst port>\\r\\n
     PROXY TCP6 <src ip> <dst ip> <src port> <dst port>\\r\\n
     PROXY UNKNOWN[ anything]\\r\\n
 
 Rule: the header comes from the network before anything else is checked, so the parser is
-strict and bounded. At most 107 bytes including the CRLF; single spaces; the addresses must
+strict and bounded. A v1 line is at most 116 bytes including the CRLF: the longest legal
+header (TCP6 with both addresses written with a dotted IPv4 tail, 45 characters each; the
+specification's 107 counts 39-character addresses only); single spaces; the addresses must
 parse (with the ipaddress module) as the family named; ports are 0-65535 in plain decimal
-(no sign, no leading zero); only printable ASCII. A line is refused as soon as its prefix can
-no longer become a valid header (a TLS ClientHello sent without a header fails at its first
-byte instead of after 107 bytes). The parser never takes a byte past the CRLF: what follows
-the header (the start of the TLS ClientHello) is handed back as `rest`.
+(no sign, no leading zero); only printable ASCII. A header is refused as soon as its prefix
+can no longer become a valid one (a TLS ClientHello sent without a header fails at its first
+byte). The reader never asks for more bytes than the header can still need (wanted()); what
+follows a v1 line in the same read (the start of the TLS ClientHello) is handed back as
+`rest`, and a v2 header, whose length is known from its first 16 bytes, is read exactly.
 """
 
 from __future__ import annotations
@@ -21,8 +26,17 @@ from .tls.frozen import Frozen, init
 # the relay imports it for every connection, -p or not. A reader is made before the jail
 # (nothing can be loaded after it), and the import is a dictionary look-up from then on.
 
-MAX_LINE = 107                   # the protocol's limit, "PROXY" to CRLF inclusive
+# The longest legal v1 line, "PROXY" to CRLF inclusive: "PROXY TCP6 " + 2 x 45 characters
+# (ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255) + " 65535 65535" + CRLF. The C version
+# takes such a line too.
+MAX_LINE = 116
 SIGNATURE = b"PROXY "
+# The values the C version gives prog for a connection whose addresses the proxy did not
+# send (v1 UNKNOWN, v2 UNSPEC or AF_UNIX): never the socket's, which are the proxy's own, so
+# that a prog that trusts its local network (an SMTP relay rule for 127.0.0.1, say) cannot
+# take a stranger behind the proxy for the proxy.
+UNKNOWN_IP = "::"
+UNKNOWN_PORT = "0"
 # The characters an address may have, and its length range (no re: its import costs a new
 # interpreter a few ms). The ipaddress module then judges the address itself.
 _DIGITS = b"0123456789"
@@ -39,10 +53,12 @@ class ProxyError(ValueError):
 
 
 class ProxyHeader(Frozen):
-    """A parsed header. For UNKNOWN every address field is None (keep the socket's)."""
+    """A parsed header. For UNKNOWN and LOCAL every address field is None."""
 
     __slots__ = ("family", "source_ip", "dest_ip", "source_port", "dest_port")
-    family: str                          # "TCP4", "TCP6" or "UNKNOWN"
+    # "TCP4", "TCP6"; "UNKNOWN" (v1 UNKNOWN; v2 PROXY over UNSPEC or AF_UNIX: a client whose
+    # address was not sent); "LOCAL" (v2 LOCAL: the proxy's own connection, a health check)
+    family: str
     source_ip: str | None                # the client
     dest_ip: str | None                  # the address the client connected to
     source_port: int | None
@@ -58,9 +74,14 @@ class ProxyHeader(Frozen):
 
     def environment(self) -> dict[str, str]:
         """TCPREMOTEIP/TCPREMOTEPORT/TCPLOCALIP/TCPLOCALPORT as tcpserver would set them for
-        the proxied connection; empty for UNKNOWN."""
-        if self.family == "UNKNOWN":
+        the proxied connection. UNKNOWN: `::` and `0`, as the C version sets them (see
+        UNKNOWN_IP). LOCAL: empty, the socket's stay: the connection is the proxy's own
+        (PROXY protocol v2, section 2.2: "use the real connection endpoints")."""
+        if self.family == "LOCAL":
             return {}
+        if self.family == "UNKNOWN":
+            return {"TCPREMOTEIP": UNKNOWN_IP, "TCPREMOTEPORT": UNKNOWN_PORT,
+                    "TCPLOCALIP": UNKNOWN_IP, "TCPLOCALPORT": UNKNOWN_PORT}
         return {"TCPREMOTEIP": str(self.source_ip), "TCPREMOTEPORT": str(self.source_port),
                 "TCPLOCALIP": str(self.dest_ip), "TCPLOCALPORT": str(self.dest_port)}
 
@@ -135,14 +156,21 @@ def _check_prefix(data: bytes) -> None:
 class ProxyReader:
     """Feed it the first bytes of the connection as they arrive.
 
-    feed() returns None while the header is incomplete, the ProxyHeader once the CRLF has
-    arrived, and raises ProxyError for a malformed or over-long header. After the header,
-    `rest` holds the bytes that followed it in the same reads; they are not part of the
-    header and belong to whatever comes next (the TLS handshake)."""
+    `version` is 1 (text), 2 (binary) or 0 (either: the first byte tells, `P` or CR; neither
+    can start the other, nor a TLS record). feed() returns None while the header is
+    incomplete, the ProxyHeader once it is complete, and raises ProxyError for a malformed or
+    over-long one. wanted() is the most bytes to read next: a v2 header is then read exactly,
+    and never more than a v1 line can still hold. After the header, `rest` holds the bytes
+    that followed it in the same reads; they belong to whatever comes next (the handshake)."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: int = 1) -> None:
         import ipaddress  # noqa: F401  (now, before the jail: parse_line needs it)
+        if version != 1:
+            from . import proxyproto2  # noqa: F401  (idem)
+        self.accepts = version
+        self.version = version if version else None   # None until the first byte tells
         self._buf = bytearray()
+        self._need = 0               # v2: the whole header's length, once the 16 bytes are in
         self.header: ProxyHeader | None = None
         self.rest = b""
 
@@ -151,9 +179,44 @@ class ProxyReader:
         """True once any byte has been fed (to tell a silent close from a cut header)."""
         return bool(self._buf) or self.header is not None
 
+    def wanted(self) -> int:
+        if self.version == 2:
+            from . import proxyproto2
+            return (self._need or proxyproto2.FIXED) - len(self._buf)
+        if self.version is None:
+            return 16      # both headers are longer: "PROXY UNKNOWN\r\n" and the v2 fixed part
+        return max(1, MAX_LINE - len(self._buf))
+
     def feed(self, data: bytes) -> ProxyHeader | None:
         if self.header is not None:
             raise ProxyError("header already complete")
+        if self.version is None and data:
+            self.version = 2 if data[:1] == b"\r" else 1
+        if self.version == 2:
+            header = self._feed_v2(data)
+        else:
+            header = self._feed_v1(data)
+        if header is not None:
+            self._buf.clear()
+            self.header = header
+        return header
+
+    def _feed_v2(self, data: bytes) -> ProxyHeader | None:
+        from . import proxyproto2
+        self._buf += data
+        if not self._need:
+            proxyproto2.check_prefix(bytes(self._buf[:proxyproto2.FIXED]))
+            if len(self._buf) < proxyproto2.FIXED:
+                return None
+            fixed = bytes(self._buf[:proxyproto2.FIXED])
+            self._need = proxyproto2.FIXED + proxyproto2.body_length(fixed)
+        if len(self._buf) < self._need:
+            return None
+        header = proxyproto2.parse(bytes(self._buf[:self._need]))
+        self.rest = bytes(self._buf[self._need:])
+        return header
+
+    def _feed_v1(self, data: bytes) -> ProxyHeader | None:
         start = max(0, len(self._buf) - 1)     # a CR may end the previous piece
         self._buf += data
         end = self._buf.find(b"\r\n", start)
@@ -172,8 +235,6 @@ class ProxyReader:
             raise ProxyError(f"no CRLF within {MAX_LINE} bytes")
         header = parse_line(line)
         self.rest = bytes(self._buf[end + 2:])
-        self._buf.clear()
-        self.header = header
         return header
 
 

@@ -87,9 +87,9 @@ class Relay:
         self.started = False          # prog was told to run
         self.failed = False
         self.env: dict[str, str] = {}
-        # -p 1: the PROXY header comes first (the reader is dropped once it has been read).
-        self.proxy = proxyproto.ProxyReader() \
-            if getattr(options, "proxy_protocol", None) else None
+        # -p 0/1/2: the PROXY header comes first (the reader is dropped once it is read).
+        version = getattr(options, "proxy_protocol", None)
+        self.proxy = proxyproto.ProxyReader(version) if version is not None else None
         # -n: cleartext both ways until prog's zero byte on fd 5 (SPEC section 3).
         self.cleartext = bool(getattr(options, "delayed_encryption", False))
         self.held = bytearray()       # -n: client bytes held back for the switch (see below)
@@ -196,7 +196,10 @@ class Relay:
     # ------------------------------------------------------------------ I/O steps
     def _read_client(self) -> None:
         try:
-            data = os.read(self.client_in, READ_SIZE)
+            # Before the PROXY header is complete, no byte past it (a v2 header's length is
+            # known from its first 16 bytes): a malformed one leaves the rest unread.
+            data = os.read(self.client_in,
+                           READ_SIZE if self.proxy is None else self.proxy.wanted())
         except BlockingIOError:
             return
         except OSError as e:
@@ -207,7 +210,7 @@ class Relay:
         self._client_data(data)
 
     def _client_data(self, data: bytes) -> None:
-        """Route what the client sent (b"" for its end of file): the PROXY header with -p 1,
+        """Route what the client sent (b"" for its end of file): the PROXY header with -p,
         prog's stdin in the cleartext phase of -n, else the TLS engine."""
         if self.proxy is not None:
             rest = self._proxy_data(data)
@@ -333,9 +336,9 @@ class Relay:
         except OSError:
             pass
 
-    # ------------------------------------------------------------------ -p 1 and -n
+    # ------------------------------------------------------------------ -p and -n
     def _proxy_data(self, data: bytes) -> bytes | None:
-        """-p 1: feed the PROXY header reader. Returns the bytes after the header once it is
+        """-p: feed the PROXY header reader. Returns the bytes after the header once it is
         complete (None while it is not, when nothing follows it, or on failure)."""
         if self.proxy is None:
             return data
@@ -351,20 +354,24 @@ class Relay:
         except proxyproto.ProxyError as e:
             # The C version's wording; like it, shown at the default verbosity: with -p 1
             # only the proxy connects, so a bad header is a configuration problem.
-            log.fatal(f"unable to receive incoming proxy-protocol v1 string ({e})")
+            log.fatal(f"unable to receive incoming proxy-protocol "
+                      f"v{self.proxy.version or self.proxy.accepts} string ({e})")
             self.failed = True
             return None
         if header is None:
             return None
         rest, self.proxy = self.proxy.rest, None
         self.env.update(header.environment())
-        if header.family != "UNKNOWN":
-            log.set_prefix(log.client_prefix(header.source_ip, header.source_port))
-            log.debug(f"PROXY {header.family}: client "
-                      f"{log.client_prefix(header.source_ip, header.source_port)}, server "
-                      f"{log.client_prefix(header.dest_ip, header.dest_port)}")
+        if header.family == "LOCAL":
+            log.debug("PROXY v2 LOCAL (the proxy's own connection): keeping the socket's "
+                      "addresses")
         else:
-            log.debug("PROXY UNKNOWN: keeping the socket's addresses")
+            log.set_prefix(log.client_prefix(self.env["TCPREMOTEIP"],
+                                             self.env["TCPREMOTEPORT"]))
+            log.debug(f"PROXY {header.family}: client "
+                      f"{log.client_prefix(self.env['TCPREMOTEIP'], self.env['TCPREMOTEPORT'])}"
+                      f", server "
+                      f"{log.client_prefix(self.env['TCPLOCALIP'], self.env['TCPLOCALPORT'])}")
         if self.cleartext:
             self._start_cleartext()
         return rest or None
@@ -620,6 +627,8 @@ class Prepared:
             self.prog = child.start_prog(options.prog, user=options.user,
                                          user_from_cert=options.user_from_cert is not None,
                                          delayed_encryption=options.delayed_encryption)
+            # prog has its copies of what we inherited (`prog 9>log`); we need none of them.
+            child.drop_inherited()
         except (OSError, child.ChildError) as e:
             self.keys.close()
             raise StartError(f"unable to start: {e}") from None

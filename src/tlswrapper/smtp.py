@@ -561,7 +561,10 @@ def run(options: Options) -> int:
             for _ in range(POLICY_SOCKETS):
                 policy += make_sockets(addrs[:1]) if addrs else []
         try:
-            prog = child.start_prog(options.prog, user=options.user)
+            # Inherited descriptors reach the server, except fd 5 and 6 (ours, SPEC section 3).
+            prog = child.start_prog(options.prog, user=options.user,
+                                    withhold=(CONTROL_FD, ACK_FD))
+            child.drop_inherited(withhold=(CONTROL_FD, ACK_FD))
         except child.ChildError as e:
             raise Failure(str(e)) from None
         prog.go({})

@@ -37,7 +37,6 @@ MAX_TIMEOUT = 86400             # as tlswrapper: more than a day is refused
 MAX_ADDRESSES = 16              # resolved addresses kept (one socket each before the jail)
 RESOLVER_REPLY_LIMIT = 4096     # bytes read from the resolver process, at most
 READ_SIZE = 1 << 17             # bytes per read
-PROXY_LINE_LIMIT = 107          # a PROXY v1 header is at most 107 bytes with its CRLF
 
 
 class Failure(Exception):
@@ -80,10 +79,12 @@ def parse_port(value: str) -> int:
 
 
 def parse_proxy_version(direction: str, value: str) -> int:
-    if value != "1":
+    """1 or 2; incoming also 0 (either version, as tlswrapper's -p 0)."""
+    available = ("0", "1", "2") if direction == "incoming" else ("1", "2")
+    if value not in available:
         raise OptionError(f"unable to parse {direction} proxy-protocol version from the string "
-                          f"'{log.escape(value)}' (available: 1)")
-    return 1
+                          f"'{log.escape(value)}' (available: {', '.join(available)})")
+    return int(value)
 
 
 def parse_account(option: str, name: str) -> str:
@@ -300,12 +301,13 @@ def connect_first(candidates: list[tuple[Address, socket.socket]], timeout: floa
     return winner
 
 
-def read_proxy_header(fd: int, timeout: float) -> proxyproto.ProxyHeader:
-    """Read exactly one PROXY v1 header from fd, byte by byte so that nothing after it is
-    consumed. Raises Failure."""
-    reader = proxyproto.ProxyReader()
+def read_proxy_header(fd: int, timeout: float,
+                      version: int = 1) -> tuple[proxyproto.ProxyHeader, bytes]:
+    """Read one PROXY header (`version` as -p: 0, 1 or 2) from fd; returns it with the bytes
+    read after it (no more than a v1 line can hold; none after a v2 header). Raises Failure."""
+    reader = proxyproto.ProxyReader(version)
     deadline = time.monotonic() + timeout
-    for _ in range(PROXY_LINE_LIMIT):
+    while True:
         left = deadline - time.monotonic()
         if left <= 0:
             raise Failure("timeout reading the PROXY protocol header")
@@ -313,18 +315,17 @@ def read_proxy_header(fd: int, timeout: float) -> proxyproto.ProxyHeader:
         if not r:
             continue
         try:
-            b = os.read(fd, 1)
+            data = os.read(fd, reader.wanted())
         except BlockingIOError:
             continue
-        if not b:
+        if not data:
             raise Failure("end of input before the PROXY protocol header ended")
         try:
-            header = reader.feed(b)
+            header = reader.feed(data)
         except proxyproto.ProxyError as e:
             raise Failure(f"unable to parse the PROXY protocol header ({e})") from None
         if header is not None:
-            return header
-    raise Failure("PROXY protocol header too long")
+            return header, reader.rest
 
 
 # --------------------------------------------------------------------------- tlswrapper-tcp
@@ -377,13 +378,18 @@ def _nonblocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
 
 
-def proxy_line_out(env: dict[str, str]) -> bytes:
-    """The outgoing PROXY v1 header from the TCP* addresses; UNKNOWN when they are missing."""
+def proxy_line_out(env: dict[str, str], version: int = 1) -> bytes:
+    """The outgoing PROXY header (v1 line or v2 binary) from the TCP* addresses; UNKNOWN
+    (v2: UNSPEC) when they are missing, or are the `::` and `0` that tlswrapper -p gives
+    for a client whose address its proxy did not send (passed on as unknown, not as `::`)."""
+    from . import proxyproto2
+    build = proxyproto2.build if version == 2 else proxyproto.build
     src, sport = env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")
     dst, dport = env.get("TCPLOCALIP"), env.get("TCPLOCALPORT")
-    if not (src and sport and dst and dport):
-        return proxyproto.build(None, None)
-    return proxyproto.build((src, sport), (dst, dport))  # type: ignore[arg-type]
+    if not (src and sport and dst and dport) or (
+            (src, sport, dst, dport) == (proxyproto.UNKNOWN_IP, proxyproto.UNKNOWN_PORT) * 2):
+        return build(None, None)
+    return build((src, sport), (dst, dport))  # type: ignore[arg-type]
 
 
 class Pipe:
@@ -490,6 +496,9 @@ def warm_up() -> None:
     "x".encode("idna")
     proxyproto.build(("127.0.0.1", 1), ("::1", 2))
     proxyproto.ProxyReader().feed(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").environment()
+    from . import proxyproto2
+    proxyproto.ProxyReader(2).feed(proxyproto2.build(("1.2.3.4", 1), ("::1", 2)))
+    proxyproto2.crc32c(b"")
 
 
 def run(options: Options) -> int:
@@ -508,13 +517,16 @@ def run(options: Options) -> int:
             jail.jail(account, options.jail_dir)
         except jail.JailError as e:
             raise Failure(f"unable to create jail: {e}") from None
-        if options.proxy_in:
-            header = read_proxy_header(0, options.connect_timeout)
+        after_header = b""
+        if options.proxy_in is not None:
+            header, after_header = read_proxy_header(0, options.connect_timeout,
+                                                     options.proxy_in)
             env = {**env, **header.environment()}
             log.set_prefix(log.client_prefix(env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")))
         addr, sock = connect_first(candidates, options.connect_timeout)
         log.info(f"connected to {addr}")
-        pending = proxy_line_out(env) if options.proxy_out else b""
+        pending = proxy_line_out(env, options.proxy_out) if options.proxy_out else b""
+        pending += after_header
         relay(sock, options.timeout, pending=pending)
     except Failure as e:
         log.fatal(str(e))

@@ -376,7 +376,8 @@ class CbcProtection(RecordProtection):
         mac_len = self._mac_len
         body_len = len(fragment) - mac_len
         if body_len < self._explicit_iv + CBC_BLOCK or body_len % CBC_BLOCK:
-            return suites.DECODE_ERROR, "malformed CBC record"
+            # RFC 5246 7.2.2: a length that cannot be a CBC record is bad_record_mac too.
+            return suites.BAD_RECORD_MAC, "malformed CBC record"
         body = fragment[:body_len]
         h = self._mac.copy()
         h.update(self._pseudo_header(self.seq, content_type, vhi, vlo, body_len))
@@ -415,7 +416,10 @@ class CbcProtection(RecordProtection):
         mac_len = self._mac_len
         start = self._explicit_iv
         if len(fragment) % CBC_BLOCK or len(fragment) < start + self._min_body:
-            return suites.DECODE_ERROR, "malformed CBC record"
+            # RFC 5246 7.2.2: "not an even multiple of the block length" is bad_record_mac,
+            # as is a length too short for IV, MAC and padding. The length is public (it is
+            # in the header), so returning early here tells an attacker nothing new.
+            return suites.BAD_RECORD_MAC, "malformed CBC record"
         plain = self._decryptor.update(fragment)
         total = len(plain) - start          # length of plaintext || MAC || padding
         pad = plain[-1]

@@ -624,14 +624,41 @@ def parse_server_name(data: bytes) -> str | None:
         # "The ServerNameList MUST NOT contain more than one name of the same name_type."
         if host is not None:
             raise DecodeError("two host_name entries in server_name", suites.ILLEGAL_PARAMETER)
-        # HostName<1..2^16-1>; RFC 6066: ASCII only, no trailing dot (A-labels for IDNs).
+        # HostName<1..2^16-1>: an empty one is out of its range (decode_error).
         if not name:
             raise DecodeError("empty host_name")
-        try:
-            host = name.decode("ascii").lower()
-        except UnicodeDecodeError:
-            raise DecodeError("non-ASCII host_name") from None
+        host = _host_name(name)
     return host
+
+
+# RFC 1035 2.3.4 / RFC 1123 2.1: labels of 1..63 bytes, 253 for a name without its final dot.
+MAX_HOST_LABEL = 63
+MAX_HOST_NAME = 253
+# Letters, digits and hyphens (RFC 1123), and the underscore some real host names carry;
+# nothing that a shell, a log line or a file name would read as anything but a name.
+_HOST_NAME_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _host_name(name: bytes) -> str:
+    """The host name lower-cased, or illegal_parameter: RFC 6066 3 says HostName is the
+    fully qualified DNS host name in ASCII. A control byte (ESC, BEL, NUL, LF), a byte
+    outside ASCII, an empty label or one over 63 bytes is no host name, and must never
+    reach prog's SSL_TLS_SNI or a certdir. One final dot (the absolute form, which some
+    clients send) is allowed: the certdir lookup drops it."""
+    lowered = name.lower()
+    labels = lowered.split(b".")
+    if labels[-1] == b"" and len(labels) > 1:
+        labels.pop()
+    if len(lowered) > MAX_HOST_NAME + (lowered[-1:] == b"."):
+        raise DecodeError("host_name longer than 253 bytes", suites.ILLEGAL_PARAMETER)
+    for label in labels:
+        if not label or len(label) > MAX_HOST_LABEL:
+            raise DecodeError("host_name with an empty label or one over 63 bytes",
+                              suites.ILLEGAL_PARAMETER)
+        if not _HOST_NAME_BYTES.issuperset(label):
+            raise DecodeError("host_name with a byte that is not a letter, digit, hyphen "
+                              "or underscore", suites.ILLEGAL_PARAMETER)
+    return lowered.decode("ascii")
 
 
 def build_server_name(name: str) -> bytes:

@@ -80,7 +80,8 @@ class RecordReader:
 
 class HandshakeReassembler:
     """Joins handshake message fragments across records and splits several messages in one
-    record (RFC 8446 section 5.1). Messages over MAX_HANDSHAKE_MESSAGE are refused."""
+    record (RFC 8446 section 5.1). Messages over MAX_HANDSHAKE_MESSAGE (a ClientHello: over
+    MAX_CLIENT_HELLO, the most its length fields allow) are refused."""
 
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -91,10 +92,16 @@ class HandshakeReassembler:
             raise DecodeError("empty handshake record", suites.UNEXPECTED_MESSAGE)
         self._buf += fragment
         if len(self._buf) >= 4:
-            length = int.from_bytes(self._buf[1:4], "big")
-            if length > suites.MAX_HANDSHAKE_MESSAGE:
-                raise DecodeError(f"handshake message of {length} bytes is too long",
-                                  suites.DECODE_ERROR)
+            self._check_length(int.from_bytes(self._buf[1:4], "big"))
+
+    def _check_length(self, length: int) -> None:
+        # The buffer holds at most one message (each is taken out as soon as it is whole)
+        # plus one record's fragment: bounded by the limit of the message's type.
+        limit = suites.MAX_CLIENT_HELLO if self._buf[0] == suites.HS_CLIENT_HELLO \
+            else suites.MAX_HANDSHAKE_MESSAGE
+        if length > limit:
+            raise DecodeError(f"handshake message of {length} bytes is too long",
+                              suites.DECODE_ERROR)
 
     def empty(self) -> bool:
         return not self._buf
@@ -105,9 +112,7 @@ class HandshakeReassembler:
         if len(buf) < 4:
             return None
         length = int.from_bytes(buf[1:4], "big")
-        if length > suites.MAX_HANDSHAKE_MESSAGE:
-            raise DecodeError(f"handshake message of {length} bytes is too long",
-                              suites.DECODE_ERROR)
+        self._check_length(length)
         if len(buf) < 4 + length:
             return None
         whole = bytes(buf[:4 + length])

@@ -401,6 +401,9 @@ class ServerConnection:
         self._events.append(ApplicationData(data))
 
     def _alert(self, fragment: bytes) -> None:
+        if not fragment and self.version == suites.TLS13:
+            # RFC 8446 5.4: an Alert with zero-length content MUST get unexpected_message.
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "empty alert record")
         alert = m.parse_alert(fragment)
         if alert.description == suites.CLOSE_NOTIFY:
             self.peer_closed = True
@@ -491,7 +494,12 @@ class ServerConnection:
             if hello.compression_methods != b"\x00":
                 raise _Abort(suites.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello with compression")
         elif 0 not in hello.compression_methods:
-            raise _Abort(suites.HANDSHAKE_FAILURE, "client offers no null compression")
+            # RFC 5246 7.4.1.2: the list MUST hold null; without it the field is wrong.
+            raise _Abort(suites.ILLEGAL_PARAMETER, "client offers no null compression")
+        raw = hello.extension(suites.EXT_EXTENDED_MASTER_SECRET)
+        if raw is not None and raw != b"":
+            # RFC 7627 5.1: its extension_data is empty.
+            raise _Abort(suites.DECODE_ERROR, "extended_master_secret extension not empty")
         raw = hello.extension(suites.EXT_SERVER_NAME)
         self.sni = m.parse_server_name(raw) if raw is not None else None
         groups_raw = hello.extension(suites.EXT_SUPPORTED_GROUPS)
@@ -519,6 +527,11 @@ class ServerConnection:
 
     def _negotiate_version(self, hello: m.ClientHello) -> int:
         cfg = self.config
+        legacy = hello.legacy_version
+        if legacy < suites.TLS10:
+            # RFC 8446 D.5: legacy_version 0x0300 or lower MUST be refused with
+            # protocol_version, whatever supported_versions offers.
+            raise _Abort(suites.PROTOCOL_VERSION, f"client offers version {legacy:#06x}")
         raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
         if raw is not None:
             # RFC 8446 4.2.1: with supported_versions, only it counts (also when TLS 1.3
@@ -530,9 +543,6 @@ class ServerConnection:
             raise _Abort(suites.PROTOCOL_VERSION, "no protocol version in common; client "
                          "offers " + ",".join(suites.VERSION_LABELS.get(v, hex(v))
                                               for v in offered))
-        legacy = hello.legacy_version
-        if legacy < suites.TLS10:
-            raise _Abort(suites.PROTOCOL_VERSION, f"client offers version {legacy:#06x}")
         version = min(legacy, cfg.version_max, suites.TLS12)
         if version < cfg.version_min:
             raise _Abort(suites.PROTOCOL_VERSION,
@@ -551,14 +561,25 @@ class ServerConnection:
         if groups_raw is None or shares_raw is None:
             raise _Abort(suites.MISSING_EXTENSION, "TLS 1.3 ClientHello without "
                          "supported_groups and key_share")
-        groups = m.parse_supported_groups(groups_raw)
+        # Sets: a large but valid ClientHello may list 32 k groups and 13 k shares.
+        groups = frozenset(m.parse_supported_groups(groups_raw))
         seen: set[int] = set()
-        for group, _share in shares:
+        for group, share in shares:
             if group in seen:
                 raise _Abort(suites.ILLEGAL_PARAMETER, "two key shares for one group")
+            # RFC 8446 4.2.8: servers MAY check these rules, with illegal_parameter; we do.
+            if group in suites.TLS13_OBSOLETE_GROUPS:
+                raise _Abort(suites.ILLEGAL_PARAMETER, f"key share for group {group:#06x}, "
+                             "which TLS 1.3 does not define")
             if group not in groups:
                 raise _Abort(suites.ILLEGAL_PARAMETER, "key share for a group not in "
                              "supported_groups")
+            # A share of a group we know, of the wrong size, is malformed whether or not we
+            # would pick it (RFC 8446 4.2.8.1, 4.2.8.2: the sizes are fixed per group).
+            size = suites.KEY_SHARE_SIZES.get(group)
+            if size is not None and len(share) != size[0]:
+                raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(share)} bytes for "
+                             f"group {suites.GROUP_LABELS[group]}")
             seen.add(group)
         self._early_data_offered = hello.extension(suites.EXT_EARLY_DATA) is not None
         psk = hello.extension(suites.EXT_PRE_SHARED_KEY)
@@ -671,7 +692,8 @@ class ServerConnection:
         group = next((g for g in enabled if g in shared), None)
         self.suite = suites.SUITES[suite]
         if group is None:
-            group = next((g for g in enabled if g in self._groups), None)
+            offered = frozenset(self._groups)
+            group = next((g for g in enabled if g in offered), None)
             if group is None:
                 raise _Abort(suites.HANDSHAKE_FAILURE, "no key exchange group in common")
             self.group = group
@@ -684,8 +706,9 @@ class ServerConnection:
         hello = self.client_hello
         version = self.version
         enabled_groups = [g for g in self.config.group_codes if g not in suites.TLS13_ONLY_GROUPS]
-        if self._groups:
-            group = next((g for g in enabled_groups if g in self._groups), None)
+        offered_groups = frozenset(self._groups)
+        if offered_groups:
+            group = next((g for g in enabled_groups if g in offered_groups), None)
         else:
             # RFC 8422 4: without supported_groups any curve may be used; P-256 is safest.
             group = suites.SECP256R1 if suites.SECP256R1 in enabled_groups else \
@@ -702,8 +725,8 @@ class ServerConnection:
         choices: list[tuple[int, Candidate, int | None, int]] = []
         for index, cand in self._usable_candidates(candidates):
             auth = "rsa" if cand.key_type == suites.KEY_RSA else "ecdsa"
-            if auth == "ecdsa" and self._groups and \
-                    _CERT_CURVE.get(cand.key_type) not in self._groups:
+            if auth == "ecdsa" and offered_groups and \
+                    _CERT_CURVE.get(cand.key_type) not in offered_groups:
                 continue   # RFC 8422 5.1: the certificate's curve must be one the client lists
             usable = [c for c in enabled if suites.SUITES[c].auth == auth]
             suite = self._pick_suite(hello.cipher_suites, usable)
@@ -998,7 +1021,12 @@ class ServerConnection:
             self._out.append(finished)
         self._early_data_offered = False
         self.state = State.CONNECTED
+        # What the ClientHello offered is not needed any more: a large one (up to
+        # MAX_CLIENT_HELLO, parsed into some 1.5 MB of objects) is not kept for the
+        # connection's life.
         self._transcript = []
+        self.client_hello = self._client_info = None
+        self._groups = self._schemes = self._shares = ()
         self._events.append(HandshakeComplete(
             version=self.version, cipher_suite=self.suite.code, cipher=self.suite.name,
             group=suites.GROUP_LABELS[self.group], sni=self.sni, signature_scheme=self.scheme,

@@ -119,6 +119,11 @@ GROUP_NAMES = {
 }
 GROUP_LABELS = {v: k for k, v in GROUP_NAMES.items()}
 TLS13_ONLY_GROUPS = frozenset({X25519MLKEM768})
+# The RFC 4492/8422 curves TLS 1.3 retired (RFC 8446 4.2.7: obsolete_RESERVED 0x0001..0x0016,
+# 0x001A..0x001C (brainpool), 0xFF01..0xFF02 (explicit curves)): a TLS 1.3 key share for one
+# of them is illegal_parameter; listed in supported_groups alone they are ignored.
+TLS13_OBSOLETE_GROUPS = frozenset(range(0x0001, 0x0017)) | frozenset(range(0x001A, 0x001D)) \
+    | frozenset((0xFF01, 0xFF02))
 DEFAULT_GROUPS = ("x25519mlkem768", "x25519", "secp256r1")
 # Public share sizes (client share, server share), for early length checks.
 KEY_SHARE_SIZES = {
@@ -262,7 +267,12 @@ DEFAULT_CIPHERS = ("CHACHA20_POLY1305_SHA256", "AES_256_GCM_SHA384", "AES_128_GC
 MAX_PLAINTEXT = 1 << 14
 MAX_CIPHERTEXT_13 = (1 << 14) + 256
 MAX_CIPHERTEXT_12 = (1 << 14) + 2048
-MAX_HANDSHAKE_MESSAGE = 1 << 16   # more than any message we accept (ClientHello, Certificate)
+MAX_HANDSHAKE_MESSAGE = 1 << 16   # more than any message we accept but ClientHello
+# The largest ClientHello its own length fields allow (RFC 8446 4.1.2, RFC 5246 7.4.1.2):
+# version, random, session_id<0..32>, cipher_suites<2..2^16-2>, compression<1..2^8-1>,
+# extensions<0..2^16-1>. A valid one of that size (16 k extensions, 32 k suites) is served,
+# so the handshake buffer for a ClientHello is bounded by this, not by MAX_HANDSHAKE_MESSAGE.
+MAX_CLIENT_HELLO = 2 + 32 + (1 + 32) + (2 + 0xFFFE) + (1 + 0xFF) + (2 + 0xFFFF)
 
 # The TLS 1.3 downgrade sentinels (RFC 8446 section 4.1.3), last 8 bytes of server_random.
 DOWNGRADE_TLS12 = b"DOWNGRD\x01"
