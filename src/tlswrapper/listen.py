@@ -430,10 +430,18 @@ class Listener:
             if self.stopping:
                 # Our own socket: connections the kernel has queued are reset when it is
                 # shut down below, and they were the client's (a load balancer sent them
-                # here and cannot retry them elsewhere). The spares take them first (new
-                # ones keep coming until the load balancer's checks say we are gone: they
-                # are served too), for at most QUEUE_DRAIN.
-                drain_until = drain_until or time.monotonic() + QUEUE_DRAIN
+                # here and cannot retry them elsewhere). The spares take them first, for at
+                # most QUEUE_DRAIN. Meanwhile the backlog is 0, so that the queue empties
+                # under load too: Linux drops a SYN while one connection waits, and the
+                # client's retransmission (1 s later) finds the socket closed, a refusal
+                # that a load balancer retries on another host.
+                if not drain_until:
+                    drain_until = time.monotonic() + QUEUE_DRAIN
+                    if self.own_socket:
+                        try:
+                            self.sock.listen(0)
+                        except OSError:
+                            pass
                 if not self.own_socket or not _queued(self.sock) \
                         or time.monotonic() >= drain_until:
                     break
