@@ -59,9 +59,13 @@ HAPROXY_CFG = """\
 global
     maxconn 2000
     stats socket {stats} mode 600 level admin
+    log stderr format short local0 info
 
 defaults
     mode tcp
+    # one line per connection in haproxy.log (its termination state tells who ended it)
+    log global
+    option tcplog
     timeout connect 2s
     timeout client 120s
     timeout server 120s
