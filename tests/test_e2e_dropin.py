@@ -450,3 +450,74 @@ def test_prog_killed_by_signal_is_logged(pki, impl):
     assert len(lines) == 1, lines
     assert lines[0].startswith("tlswrapper: fatal: ")
     assert "child process killed by signal 15" in lines[0], lines
+
+
+# --------------------------------------------------------------------------- bad PEM files
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("option", ["-f", "-a"])
+@pytest.mark.parametrize("kind,reason", [
+    ("missing", "file does not exist"),
+    ("directory", "not a regular file"),
+    ("fifo", "not a regular file"),
+], ids=["missing", "directory", "fifo"])
+def test_bad_file_at_start_one_line_exit_100(pki, tmp_path, impl, option, kind, reason):
+    """At start-up (before any client): one fatal line naming the file and the reason, exit
+    100, never a hang (a FIFO is not opened for reading)."""
+    path = tmp_path / f"bad-{kind}"
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    args = [option, str(path)] + (["-f", str(pki.ecdsa_p256.path)] if option == "-a" else [])
+    res = subprocess.run([command(impl), *args, "true"], stdin=subprocess.DEVNULL,
+                         capture_output=True, timeout=20, check=False)
+    lines = res.stderr.decode().splitlines()
+    assert res.returncode == 100, lines
+    assert len(lines) == 1 and lines[0].startswith("tlswrapper: fatal: "), lines
+    assert f"'{path}'" in lines[0] and reason in lines[0], lines
+
+
+def _bad_pem(pki, tmp_path: Path, kind: str) -> Path:
+    def openssl(*args: str) -> bytes:
+        return subprocess.run(["openssl", *args], capture_output=True, check=True,
+                              timeout=60).stdout
+    server = pki.ecdsa_p256
+    if kind == "empty":
+        return pki.write_raw(b"", "empty.pem")
+    if kind == "key-only":
+        return pki.write_raw(server.key_pem(), "key-only.pem")
+    if kind == "certificate-only":
+        return pki.write_raw(server.chain_pem, "cert-only.pem")
+    if kind == "key-not-matching":
+        return pki.write_mismatched()
+    algorithm = ["-algorithm", "ed25519"] if kind == "ed25519" else \
+        ["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"]
+    key = tmp_path / f"{kind}.key"
+    key.write_bytes(openssl("genpkey", *algorithm))
+    cert = openssl("req", "-x509", "-key", str(key), "-subj", "/CN=localhost", "-days", "2")
+    return pki.write_raw(key.read_bytes() + cert, f"{kind}.pem")
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("empty", "no certificate"),
+    ("key-only", "no certificate"),
+    ("certificate-only", "no private key"),
+    ("key-not-matching", "key does not match certificate"),
+    ("ed25519", "not supported"),
+    ("rsa-1024", "1024 bits"),
+])
+def test_bad_pem_at_handshake_one_line_naming_file(pki, tmp_path, kind, reason):
+    """The contents are read per connection, once the SNI is known: the client gets an
+    alert, the log one fatal line (default verbosity) naming the file and the reason. The C
+    version names the file too for the first five (as 'unable to obtain ... from the PEM file');
+    it does not check a key against its certificate nor refuse RSA 1024."""
+    pem = _bad_pem(pki, tmp_path, kind)
+    with Run([our_command(), "-f", pem, "--", "true"]) as run:
+        with pytest.raises(ssl.SSLError, match="INTERNAL_ERROR"):
+            run.tls(pki.ca_pem, "tls12")
+        assert run.wait(20) == 111
+        lines = run.stderr().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlswrapper: fatal: "), lines
+    assert f"{pem}: " in lines[0] and reason in lines[0], lines

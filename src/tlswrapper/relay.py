@@ -22,7 +22,7 @@ from .sslenv import ClientIdentity
 from .tls import suites
 from .tls.events import (AlertReceived, ApplicationData, CertificateRefused,
                          ClientHelloReceived, ConnectionFailed, HandshakeComplete, PeerClosed)
-from .tls.secrets import KeyServiceError
+from .tls.secrets import KeyServiceError, Unusable
 from .tls.server import ServerConnection
 
 EXIT_FATAL = 111
@@ -144,6 +144,7 @@ class Relay:
                 ",".join(f"{s:04x}" for s in hello.signature_schemes)))
         paths = certfiles.candidate_paths(self.options.certs, hello.sni)
         candidates = self.keys.load(paths) if paths else []
+        named = []
         for path, cand in zip(paths, candidates):
             reason = getattr(cand, "reason", None)
             if reason is not None:
@@ -151,7 +152,12 @@ class Relay:
                     log.debug(f"{path}: file does not exist")
                 else:
                     log.warning(f"{path}: {reason}")
-        return self.conn.choose_certificate(candidates)
+                if not reason.startswith(path):
+                    # The engine's "no usable certificate (...)" line names each file, as
+                    # the C version's PEM errors do.
+                    cand = Unusable(f"{path}: {reason}", getattr(cand, "missing", False))
+            named.append(cand)
+        return self.conn.choose_certificate(named + list(candidates[len(paths):]))
 
     def _handshake_complete(self, done: HandshakeComplete) -> None:
         log.info(f"handshake: {done.version_name} {done.cipher} {done.group} "
