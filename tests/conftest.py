@@ -39,6 +39,8 @@ DEBIAN_PACKAGE = {
     "tlswrapper": "tlswrapper",
     "tlswrapper-tcp": "tlswrapper",
     "tlswrapper-smtp": "tlswrapper",
+    "haproxy": "haproxy",
+    "systemd-socket-activate": "systemd",
 }
 
 # Debian's C tlswrapper, by absolute path: `tlswrapper` on PATH may be ours (the venv's).

@@ -274,6 +274,10 @@ class PipeKeyService:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                except PermissionError:
+                    # Jailed, we cannot signal it (another uid); it has our end of file and
+                    # ends by itself (_watch_request_pipe): init reaps it. Never a hang here.
+                    return None
                 return os.waitpid(pid, 0)[1]
             time.sleep(0.002)
 
