@@ -13,6 +13,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import debian_tlswrapper, needs_root, our_command
+from conftest import debian_tlswrapper, free_port, needs_root, our_command, wait_for_port
 from oneconn import BioTLS, OneConnection
 
 import e2e
@@ -521,3 +522,154 @@ def test_bad_pem_at_handshake_one_line_naming_file(pki, tmp_path, kind, reason):
         lines = run.stderr().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tlswrapper: fatal: "), lines
     assert f"{pem}: " in lines[0] and reason in lines[0], lines
+
+
+# --------------------------------------------------------------------------- tlswrapper-smtp
+
+
+class SmtpClient:
+    """tlswrapper-smtp (ours or C) in front of SMTP_SERVER, the client on a socketpair, fd 5/6
+    as pipes held by the test (the wrapper's side)."""
+
+    def __init__(self, impl: str, tmp_path: Path) -> None:
+        server = tmp_path / "server.py"
+        server.write_text(SMTP_SERVER)
+        self.seen = tmp_path / "seen.log"
+        self.c5_r, c5_w = os.pipe()
+        c6_r, self.c6_w = os.pipe()
+        self.run = Run([command(impl, "tlswrapper-smtp"), "--", sys.executable, str(server),
+                        str(self.seen)], fds={5: c5_w, 6: c6_r})
+        os.close(c5_w)
+        os.close(c6_r)
+        self.file = self.run.client_sock.makefile("rb")
+
+    def reply(self) -> bytes:
+        lines = []
+        while True:
+            line = self.file.readline()
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    def command(self, line: bytes) -> bytes:
+        self.run.client_sock.sendall(line + b"\r\n")
+        return self.reply()
+
+    def server_saw(self) -> list[str]:
+        return self.seen.read_text().splitlines() if self.seen.exists() else []
+
+    def close(self) -> None:
+        self.file.close()
+        self.run.close()
+        for fd in (self.c5_r, self.c6_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def smtp_client(tmp_path):
+    made: list[SmtpClient] = []
+
+    def make(impl: str = "ours") -> SmtpClient:
+        made.append(SmtpClient(impl, tmp_path / impl))
+        return made[-1]
+    for impl in IMPLS:
+        (tmp_path / impl).mkdir()
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_smtp_limits_with_rfc5321_replies(smtp_client):
+    """The C version 20260501's limits: a line up to 4096 bytes (500 beyond), an address up
+    to 2048 (501), at most 256 recipients and 64 KiB of recipients per transaction (452).
+    Nothing refused reaches the server. (Debian's 20230101 has no limits: not compared.)"""
+    c = smtp_client()
+    assert c.reply().startswith(b"220")
+    assert c.command(b"EHLO client").startswith(b"250")
+    assert c.command(b"NOOP " + b"a" * 4000).startswith(b"250")          # 4007 bytes: fine
+    assert c.command(b"NOOP " + b"b" * 4100).startswith(b"500 5.5.2")
+    assert c.command(b"MAIL FROM:<" + b"c" * 2100 + b"@x.test>").startswith(b"501 5.1.3")
+    assert c.command(b"MAIL FROM:<sender@x.test>").startswith(b"250")
+    for i in range(256):
+        assert c.command(b"RCPT TO:<r%d@x.test>" % i).startswith(b"250")
+    assert c.command(b"RCPT TO:<over@x.test>").startswith(b"452 4.5.3")
+    assert c.command(b"RSET").startswith(b"250")                 # a new transaction
+    assert c.command(b"MAIL FROM:<sender@x.test>").startswith(b"250")
+    accepted, size = 0, 0
+
+    def address(i: int) -> bytes:
+        return b"d" * 1000 + b"%d@x.test" % i
+    while (r := c.command(b"RCPT TO:<" + address(accepted) + b">"))[:3] == b"250":
+        size += len(address(accepted))
+        accepted += 1
+        assert accepted <= 70
+    assert r.startswith(b"452 4.5.3"), r
+    assert size <= 65536 < size + len(address(accepted)), (accepted, size)
+    assert c.command(b"QUIT").startswith(b"221")
+    assert c.run.wait(20) == 0, c.run.stderr()
+    saw = c.server_saw()
+    assert not any("b" * 100 in x or "c" * 100 in x or "over@" in x for x in saw)
+    assert len([x for x in saw if x.startswith("RCPT")]) == 256 + accepted
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("how", ["quit", "leaves", "leaves-after-starttls"])
+def test_smtp_session_exit_status_same_as_c(smtp_client, impl, how):
+    """The server's status (0 here) after QUIT; 111 when the client leaves without it, also
+    right after STARTTLS (the handshake never came), as the C version."""
+    c = smtp_client(impl)
+    assert c.reply().startswith(b"220")
+    assert c.command(b"EHLO client").startswith(b"250")
+    if how == "quit":
+        assert c.command(b"QUIT").startswith(b"221")
+    elif how == "leaves-after-starttls":
+        c.run.client_sock.sendall(b"STARTTLS\r\n")
+        r, _, _ = select.select([c.c5_r], [], [], 20)
+        assert r                                  # our zero byte, or C's 220 line (older -n)
+        os.read(c.c5_r, 4096)
+        os.close(c.c6_w)                          # the wrapper gives up: no handshake
+    c.run.client_sock.shutdown(socket.SHUT_RDWR)
+    assert c.run.wait(20) == (0 if how == "quit" else 111), c.run.stderr()
+
+
+# --------------------------------------------------------------------------- tlswrapper-listen
+
+
+def test_listen_logs_every_connection_with_its_client_address(pki):
+    """Clients that send the start of a ClientHello and reset the connection at once: each
+    connection's log lines carry the client address, taken from accept() (getpeername()
+    fails once the client has reset)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [our_command("tlswrapper-listen"), "127.0.0.1", str(port), "-vv", "-f",
+         str(pki.ecdsa_p256.path), "--", "cat"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc=proc)
+        ports = []
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port))
+            ports.append(s.getsockname()[1])
+            # A whole handshake record whose ClientHello is malformed: the relay answers it
+            # with an alert and a log line, after the client is gone.
+            s.sendall(b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")
+            if len(ports) % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()                                       # half of them with a reset
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    lines = [ln for ln in err.decode(errors="replace").splitlines()
+             if ln.startswith("tlswrapper: ")]          # the connections' (not the listener's)
+    assert lines, err
+    assert all(ln.split(": ", 2)[2].startswith("127.0.0.1:") for ln in lines), lines
+    logged = {int(ln.split(": ", 2)[2].split(":", 2)[1]) for ln in lines}
+    assert logged <= set(ports), (logged, ports)

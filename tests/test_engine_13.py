@@ -31,8 +31,8 @@ ALL_CONFIG = ServerConfig(groups=ALL_GROUP_NAMES)
 
 def make_wire(pki, certs=("ecdsa-p256",), config: ServerConfig = ALL_CONFIG,
               candidates=None, **client_kw) -> Wire:
-    keys = new_key_service()
     paths = [c if os.path.isabs(c) else str(pki[c].path) for c in certs]
+    keys = new_key_service(paths)
     loaded = keys.load(paths)
     server = ServerConnection(config, keys)
     client = TLS13Client(Options(**client_kw))

@@ -18,6 +18,7 @@ import time
 
 from . import certfiles, child, jail, log, proxyproto, sslenv
 from .keyclient import KeyProcessDied, start_key_process
+from .keys.files import KeyFiles
 from .sslenv import ClientIdentity
 from .tls import suites
 from .tls.events import (AlertReceived, ApplicationData, CertificateRefused,
@@ -743,7 +744,10 @@ class Prepared:
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
         # An OSError here becomes StartError in prepare(), as every other start failure.
-        self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir))
+        # The key process knows the -f/-d/-a files from these options (its own copy, taken
+        # at fork): it opens only what they lead to, whatever the pipe asks (MUST 6).
+        self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir),
+                                                KeyFiles.from_options(options))
         self.anchor_pem = None
         self.prog: child.Prog | None = None
         try:
@@ -752,7 +756,7 @@ class Prepared:
                 # parse it after our own jail, as the C version does. clientcert
                 # (cryptography's X.509) is imported now: nothing can be loaded in the jail.
                 from . import clientcert  # noqa: F401
-                self.anchor_pem = self.keys.read_anchor(options.anchor_path)
+                self.anchor_pem = self.keys.read_anchor()
             self.prog = child.start_prog(options.prog, user=options.user,
                                          user_from_cert=options.user_from_cert is not None,
                                          delayed_encryption=options.delayed_encryption)
