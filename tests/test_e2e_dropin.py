@@ -13,6 +13,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import debian_tlswrapper, needs_root, our_command
+from conftest import debian_tlswrapper, free_port, needs_root, our_command, wait_for_port
 from oneconn import BioTLS, OneConnection
 
 import e2e
@@ -632,3 +633,43 @@ def test_smtp_session_exit_status_same_as_c(smtp_client, impl, how):
         os.close(c.c6_w)                          # the wrapper gives up: no handshake
     c.run.client_sock.shutdown(socket.SHUT_RDWR)
     assert c.run.wait(20) == (0 if how == "quit" else 111), c.run.stderr()
+
+
+# --------------------------------------------------------------------------- tlswrapper-listen
+
+
+def test_listen_logs_every_connection_with_its_client_address(pki):
+    """Clients that send the start of a ClientHello and reset the connection at once: each
+    connection's log lines carry the client address, taken from accept() (getpeername()
+    fails once the client has reset)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [our_command("tlswrapper-listen"), "127.0.0.1", str(port), "-vv", "-f",
+         str(pki.ecdsa_p256.path), "--", "cat"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, proc=proc)
+        ports = []
+        for _ in range(10):
+            s = socket.create_connection(("127.0.0.1", port))
+            ports.append(s.getsockname()[1])
+            # A whole handshake record whose ClientHello is malformed: the relay answers it
+            # with an alert and a log line, after the client is gone.
+            s.sendall(b"\x16\x03\x01\x00\x08\x01\x00\x00\x04\x03\x03\x00\x00")
+            if len(ports) % 2:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.close()                                       # half of them with a reset
+        time.sleep(1.0)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+    lines = [ln for ln in err.decode(errors="replace").splitlines()
+             if ln.startswith("tlswrapper: ")]          # the connections' (not the listener's)
+    assert lines, err
+    assert all(ln.split(": ", 2)[2].startswith("127.0.0.1:") for ln in lines), lines
+    logged = {int(ln.split(": ", 2)[2].split(":", 2)[1]) for ln in lines}
+    assert logged <= set(ports), (logged, ports)

@@ -10,8 +10,9 @@ can only have come from the header. prog is a shell script: `env` prints the con
 variables, `get` names the instance and sends an 8 MiB file (the client checks its sha256).
 
 The tests run in file order on one bed: addresses through each instance and both versions;
-a SIGTERM restart of instance a during 50 transfers (every transfer completes intact, the old
-instance drains and exits 0, haproxy routes around it and takes the new one back); three
+a SIGTERM restart of instance a while 50 transfers run through it (every transfer completes
+intact, new connections go elsewhere, the old instance drains and exits 0, haproxy takes the
+new one back); three
 restarts of instance c under continuous load (no connection fails); instance b killed
 outright (every new connection after the check interval succeeds, none on b). Each
 prints its figures (pytest -s shows them): connections, transfers, failures.
@@ -193,6 +194,19 @@ class Bed:
         """(backend, server) -> UP / DOWN / ... from `show stat`."""
         return {key: row["status"].split()[0] for key, row in self.stat_rows().items()}
 
+    def set_weights(self, weights: dict[str, int]) -> None:
+        """`set weight` on the stats socket, in both backends (0: no new connections)."""
+        for name, weight in weights.items():
+            for backend in ("bk_v1", "bk_v2"):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(5)
+                    s.connect(str(self.stats))
+                    s.sendall(f"set weight {backend}/{name} {weight}\n".encode())
+                    answer = b""
+                    while chunk := s.recv(4096):
+                        answer += chunk
+                assert answer.strip() == b"", answer
+
     def redispatched(self) -> int:
         """Connections haproxy retried on another instance (a refused connect), in all."""
         return sum(int(row["wredis"] or 0) for row in self.stat_rows().values())
@@ -333,45 +347,61 @@ class Transfer(threading.Thread):
 
 
 def test_sigterm_restart_during_50_transfers_loses_nothing(bed: Bed) -> None:
-    """25 transfers are in flight (first 64 KiB received, then held) when instance a gets
-    SIGTERM and a new instance a is started at once on the same address; the held transfers
-    go on while 25 more start during the restart. All 50 complete with the file's sha256; the
-    old a drains its transfers and exits 0; haproxy takes the new a back after its checks."""
+    """50 transfers run through instance a (b and c at weight 0 in haproxy while they start;
+    each has received its first 64 KiB and is held) when a gets SIGTERM and a new instance a
+    is started at once on the same address. The transfers then go on while 20 new connections
+    come during the restart. All 50 complete with the file's sha256 and every new connection
+    is served (by b, c or the new a); the old a drains its transfers and exits 0; haproxy
+    takes the new a back after its checks."""
     a = bed.instances["a"]
     old, old_log = a.proc, a.log
     hold = threading.Event()
     ports = (bed.port_v1, bed.port_v2)
-    wave1 = [Transfer(bed, ports[i % 2], hold) for i in range(TRANSFERS // 2)]
-    for t in wave1:
-        t.start()
-    for t in wave1:
-        assert t.in_flight.wait(120)
-    assert all(t.error is None for t in wave1), [t.error for t in wave1 if t.error]
-    on_a = sum(t.instance == "a" for t in wave1)
-    assert on_a >= 2, [t.instance for t in wave1]
+    bed.set_weights({"b": 0, "c": 0})
+    try:
+        transfers = [Transfer(bed, ports[i % 2], hold) for i in range(TRANSFERS)]
+        for t in transfers:
+            t.start()
+        for t in transfers:
+            assert t.in_flight.wait(120)
+    finally:
+        bed.set_weights({"b": 1, "c": 1})
+    assert all(t.error is None for t in transfers), [t.error for t in transfers if t.error]
+    assert [t.instance for t in transfers] == ["a"] * TRANSFERS
     redispatched = bed.redispatched()
     old.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    wave2 = [Transfer(bed, ports[i % 2]) for i in range(TRANSFERS - len(wave1))]
     hold.set()
-    for t in wave2:
+    newcomers: list[str] = []
+
+    def newcomer(i: int) -> None:
+        try:
+            newcomers.append(bed.env_of_one(ports[i % 2])[0]["BED_INSTANCE"])
+        except (OSError, AssertionError) as e:
+            newcomers.append(repr(e))
+
+    during = [threading.Thread(target=newcomer, args=(i,)) for i in range(20)]
+    for t in during:
         t.start()
     generation = a.generation
     a.start()                         # the new version/certificate: same address and port
     restarted_in = time.monotonic() - started
     bind_attempts = a.generation - generation
-    for t in wave1 + wave2:
+    for t in transfers + during:
         t.join(180)
         assert not t.is_alive()
-    failures = [(t.instance, t.size, t.error) for t in wave1 + wave2 if not t.ok()]
+    failures = [(t.instance, t.size, t.error) for t in transfers if not t.ok()]
     assert old.wait(60) == 0          # drained: its transfers done, then it exits
     drained_in = time.monotonic() - started
-    print(f"\nrestart: {TRANSFERS} transfers of {BIG >> 20} MiB ({on_a} in flight on the "
-          f"restarted instance), {len(failures)} failures; new instance listening after "
+    print(f"\nrestart: {TRANSFERS} transfers of {BIG >> 20} MiB in flight on the restarted "
+          f"instance, {len(failures)} failures; {len(during)} new connections during the "
+          f"restart, served by {({k: newcomers.count(k) for k in sorted(set(newcomers))})}; "
+          f"new instance listening after "
           f"{restarted_in:.1f} s ({bind_attempts} start(s)), old one drained and exited "
           f"after {drained_in:.1f} s; "
           f"{bed.redispatched() - redispatched} connections redispatched by haproxy")
     assert failures == []
+    assert set(newcomers) <= set(INSTANCES) and len(newcomers) == len(during), newcomers
     assert "Traceback" not in old_log.read_text()
     # haproxy sends new connections to the new a again once its checks pass.
     bed.wait_states({"a": "UP"}, timeout=30)
