@@ -79,7 +79,7 @@ def main() -> int:
                     dump(profile, opened[0])
         keyclient._key_process_main = key_main
     else:
-        def serve(sock, listening, close, opts):
+        def serve(sock, close, opts, nofile=None):
             fd = os.open(outdir / f"{os.getpid()}.prof", os.O_WRONLY | os.O_CREAT, 0o600)
             profile = cProfile.Profile(time.process_time)
             real_exit = os._exit
@@ -92,7 +92,7 @@ def main() -> int:
                 real_exit(code)
             os._exit = exit_with_dump
             profile.enable()
-            original_serve(sock, listening, close, opts)
+            original_serve(sock, close, opts, nofile)
         listen.spare_main = serve
 
     pid = os.fork()

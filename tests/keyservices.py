@@ -7,14 +7,18 @@ from __future__ import annotations
 import pytest
 
 from tlswrapper.keyclient import start_key_process
+from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
 
 _state: dict = {"kind": "local", "started": []}
 
 
-def new_key_service():
+def new_key_service(paths=()):
+    """A KeyService of the kind under test; the key process is configured with `paths` as
+    -f files (it opens nothing else: keys/files.py)."""
     if _state["kind"] == "pipe":
-        service, _pid = start_key_process(jail=None)
+        files = KeyFiles([("file", str(p)) for p in paths])
+        service, _pid = start_key_process(jail=None, files=files)
         _state["started"].append(service)
         return service
     return LocalKeyService()

@@ -13,13 +13,14 @@ import certs
 import pytest
 from conftest import which
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
 from test_engine_12 import ALL_GROUPS, SslWire, client_context, handshake_messages
 
 from tlswrapper import clientcert, sslenv
 from tlswrapper.keyclient import start_key_process
+from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
@@ -273,23 +274,43 @@ def test_legacy_signature_checks(pki):
 
 # --- the key side ---------------------------------------------------------------------------------
 
+def _certs(pem: bytes) -> list:
+    return [c.public_bytes(serialization.Encoding.DER)
+            for c in x509.load_pem_x509_certificates(pem)]
+
+
 def test_read_anchor_before_load_only(pki):
-    keys = LocalKeyService()
-    assert keys.read_anchor(str(pki.client_ca.path)) == pki.client_ca.path.read_bytes()
-    with pytest.raises(KeyServiceError, match="unable to read anchor"):
-        keys.read_anchor(str(pki.dir / "does-not-exist.pem"))
+    keys = LocalKeyService(files=KeyFiles([("file", str(pki.ecdsa_p256.path))],
+                                          str(pki.client_ca.path)))
+    assert _certs(keys.read_anchor()) == _certs(pki.client_ca.path.read_bytes())
     keys.load([str(pki.ecdsa_p256.path)])
     with pytest.raises(KeyServiceError, match="after load"):
-        keys.read_anchor(str(pki.client_ca.path))
+        keys.read_anchor()
+
+
+def test_read_anchor_of_a_missing_file_or_without_one(pki):
+    missing = LocalKeyService(files=KeyFiles((), str(pki.dir / "does-not-exist.pem")))
+    with pytest.raises(KeyServiceError, match="unable to read anchor"):
+        missing.read_anchor()
+    with pytest.raises(KeyServiceError, match="no anchor file"):
+        LocalKeyService(files=KeyFiles(())).read_anchor()
 
 
 def test_read_anchor_through_the_key_process(pki):
-    keys, _pid = start_key_process(None, log=None)
+    files = KeyFiles([("file", str(pki.ecdsa_p256.path))], str(pki.client_ca.path))
+    keys, _pid = start_key_process(None, files, log=None)
     with keys:
-        assert keys.read_anchor(str(pki.client_ca.path)) == pki.client_ca.path.read_bytes()
-        with pytest.raises(KeyServiceError):
-            keys.read_anchor("/nonexistent/anchor.pem")
+        assert _certs(keys.read_anchor()) == _certs(pki.client_ca.path.read_bytes())
         assert keys.load([str(pki.ecdsa_p256.path)])
+
+
+def test_read_anchor_gives_only_the_certificates_of_a_file_with_a_key(pki):
+    """An anchor file that holds a private key too (the server's PEM given to -a by mistake):
+    the key never leaves the key process."""
+    keys = LocalKeyService(files=KeyFiles((), str(pki.ecdsa_p256.path)))
+    pem = keys.read_anchor()
+    assert b"PRIVATE KEY" not in pem
+    assert _certs(pem) == _certs(pki.ecdsa_p256.path.read_bytes())
 
 
 def test_read_anchor_refuses_a_huge_file(pki, tmp_path):
@@ -297,7 +318,7 @@ def test_read_anchor_refuses_a_huge_file(pki, tmp_path):
     with open(big, "wb") as f:
         f.truncate((1 << 20) + 1)
     with pytest.raises(KeyServiceError, match="larger"):
-        LocalKeyService().read_anchor(str(big))
+        LocalKeyService(files=KeyFiles((), str(big))).read_anchor()
 
 
 # --- the engine -------------------------------------------------------------------------------------

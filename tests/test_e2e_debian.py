@@ -32,8 +32,12 @@ import test_e2e_certselect as certselect
 
 IMPLS = ["ours", "debian"]
 KNOWN_CERT_DIFFERENCES = {
-    # scenario -> {impl: expected served cert}
-    "sni-slash-not-followed": {"ours": "ecdsa-p256", "debian": "rsa-2048"},
+    # scenario -> {impl: expected served cert}. A server_name that is not a host name: ours
+    # refuses the ClientHello (illegal_parameter, RFC 6066 3: HostName is a DNS host name);
+    # the C version serves the -f fallback, or for "a/b" opens <certdir>/a/b.
+    "sni-dotdot-does-not-escape": {"ours": None, "debian": "ecdsa-p256"},
+    "sni-hidden-file-not-served": {"ours": None, "debian": "ecdsa-p256"},
+    "sni-slash-not-followed": {"ours": None, "debian": "rsa-2048"},
 }
 ALERT_DIFFERENCES = {"ours": "internal error", "debian": "handshake failure"}
 
@@ -55,7 +59,8 @@ def test_certificate_selection_same_as_debian(pki, tmp_path, sc):
         assert {impl: outcome[impl][0] for impl in IMPLS} == want, outcome
     if sc.expect is None:
         for impl in IMPLS:
-            assert outcome[impl][1], f"{impl}: no alert"
+            if outcome[impl][0] is None:
+                assert outcome[impl][1], f"{impl}: no alert"
         if sc.name == "unknown-sni-no-fallback-fails":
             # Known difference: the alert (both fatal).
             assert {impl: outcome[impl][1] for impl in IMPLS} == ALERT_DIFFERENCES

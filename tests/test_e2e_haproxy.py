@@ -2,17 +2,19 @@
 tlswrapper-listen instances on 127.0.0.2, 127.0.0.3 and 127.0.0.4, as the README's "Running
 more than one host" describes.
 
-haproxy has two frontends, one whose backend sends `send-proxy` (v1) and one `send-proxy-v2`,
-to the same three listeners, which read either (`-p 0`); health checks on (`check` with
-`check-send-proxy`: each check is a connection with a PROXY header, a v2 LOCAL one for the v2
-backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches prog
+haproxy has two frontends, one whose backend sends `send-proxy` (v1) and one `send-proxy-v2`
+with TLVs (a CRC32C of the header, which tlswrapper checks, and a unique id), to the same three
+listeners, which read either (`-p 0`); health checks on (`check` with `check-send-proxy`: each
+check is a connection with a PROXY header, a v2 LOCAL one for the v2 backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches prog
 can only have come from the header. prog is a shell script: `env` prints the connection's
 variables, `get` names the instance and sends an 8 MiB file (the client checks its sha256).
 
 The tests run in file order on one bed: addresses through each instance and both versions;
-a SIGTERM restart of instance a during 50 transfers (every transfer completes intact, the old
-instance drains and exits 0, haproxy routes around it and takes the new one back); instance b
-killed outright (every new connection after the check interval succeeds, none on b). Each
+a SIGTERM restart of instance a while 50 transfers run through it (every transfer completes
+intact, new connections go elsewhere, the old instance drains and exits 0, haproxy takes the
+new one back); three
+restarts of instance c under continuous load (no connection fails); instance b killed
+outright (every new connection after the check interval succeeds, none on b). Each
 prints its figures (pytest -s shows them): connections, transfers, failures.
 """
 
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port, needs_root, our_command, which
+from e2e import children_of
 
 pytestmark = needs_root   # each connection's processes jail themselves
 
@@ -57,9 +60,13 @@ HAPROXY_CFG = """\
 global
     maxconn 2000
     stats socket {stats} mode 600 level admin
+    log stderr format short local0 info
 
 defaults
     mode tcp
+    # one line per connection in haproxy.log (its termination state tells who ended it)
+    log global
+    option tcplog
     timeout connect 2s
     timeout client 120s
     timeout server 120s
@@ -74,16 +81,17 @@ frontend fe_v1
 
 frontend fe_v2
     bind 127.0.0.1:{port_v2}
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
     default_backend bk_v2
 
 backend bk_v1
     balance roundrobin
-    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} send-proxy
+    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy
 {servers}
 
 backend bk_v2
     balance roundrobin
-    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} send-proxy-v2
+    default-server check check-send-proxy inter {inter}ms fall {fall} rise {rise} maxconn 100 send-proxy-v2 proxy-v2-options crc32c,unique-id
 {servers}
 """
 
@@ -121,7 +129,9 @@ class Instance:
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
                     start_new_session=True)
             while time.monotonic() < deadline:
-                if b"listening on" in self.log.read_bytes():
+                # Serving once it has forked its first spare: its signal handlers are set
+                # by then (a SIGTERM before that would end it at once).
+                if b"listening on" in self.log.read_bytes() and children_of(self.proc.pid):
                     return
                 if self.proc.poll() is not None:
                     break
@@ -183,6 +193,19 @@ class Bed:
     def states(self) -> dict[tuple[str, str], str]:
         """(backend, server) -> UP / DOWN / ... from `show stat`."""
         return {key: row["status"].split()[0] for key, row in self.stat_rows().items()}
+
+    def set_weights(self, weights: dict[str, int]) -> None:
+        """`set weight` on the stats socket, in both backends (0: no new connections)."""
+        for name, weight in weights.items():
+            for backend in ("bk_v1", "bk_v2"):
+                with socket.socket(socket.AF_UNIX) as s:
+                    s.settimeout(5)
+                    s.connect(str(self.stats))
+                    s.sendall(f"set weight {backend}/{name} {weight}\n".encode())
+                    answer = b""
+                    while chunk := s.recv(4096):
+                        answer += chunk
+                assert answer.strip() == b"", answer
 
     def redispatched(self) -> int:
         """Connections haproxy retried on another instance (a refused connect), in all."""
@@ -324,47 +347,113 @@ class Transfer(threading.Thread):
 
 
 def test_sigterm_restart_during_50_transfers_loses_nothing(bed: Bed) -> None:
-    """25 transfers are in flight (first 64 KiB received, then held) when instance a gets
-    SIGTERM and a new instance a is started at once on the same address; the held transfers
-    go on while 25 more start during the restart. All 50 complete with the file's sha256; the
-    old a drains its transfers and exits 0; haproxy takes the new a back after its checks."""
+    """50 transfers run through instance a (b and c at weight 0 in haproxy while they start;
+    each has received its first 64 KiB and is held) when a gets SIGTERM and a new instance a
+    is started at once on the same address. The transfers then go on while 20 new connections
+    come during the restart. All 50 complete with the file's sha256 and every new connection
+    is served (by b, c or the new a); the old a drains its transfers and exits 0; haproxy
+    takes the new a back after its checks."""
     a = bed.instances["a"]
     old, old_log = a.proc, a.log
     hold = threading.Event()
     ports = (bed.port_v1, bed.port_v2)
-    wave1 = [Transfer(bed, ports[i % 2], hold) for i in range(TRANSFERS // 2)]
-    for t in wave1:
-        t.start()
-    for t in wave1:
-        assert t.in_flight.wait(120)
-    assert all(t.error is None for t in wave1), [t.error for t in wave1 if t.error]
-    on_a = sum(t.instance == "a" for t in wave1)
-    assert on_a >= 2, [t.instance for t in wave1]
+    bed.set_weights({"b": 0, "c": 0})
+    try:
+        transfers = [Transfer(bed, ports[i % 2], hold) for i in range(TRANSFERS)]
+        for t in transfers:
+            t.start()
+        for t in transfers:
+            assert t.in_flight.wait(120)
+    finally:
+        bed.set_weights({"b": 1, "c": 1})
+    assert all(t.error is None for t in transfers), [t.error for t in transfers if t.error]
+    assert [t.instance for t in transfers] == ["a"] * TRANSFERS
     redispatched = bed.redispatched()
     old.send_signal(signal.SIGTERM)
     started = time.monotonic()
-    wave2 = [Transfer(bed, ports[i % 2]) for i in range(TRANSFERS - len(wave1))]
     hold.set()
-    for t in wave2:
+    newcomers: list[str] = []
+
+    def newcomer(i: int) -> None:
+        try:
+            newcomers.append(bed.env_of_one(ports[i % 2])[0]["BED_INSTANCE"])
+        except (OSError, AssertionError) as e:
+            newcomers.append(repr(e))
+
+    during = [threading.Thread(target=newcomer, args=(i,)) for i in range(20)]
+    for t in during:
         t.start()
+    generation = a.generation
     a.start()                         # the new version/certificate: same address and port
     restarted_in = time.monotonic() - started
-    for t in wave1 + wave2:
+    bind_attempts = a.generation - generation
+    for t in transfers + during:
         t.join(180)
         assert not t.is_alive()
-    failures = [(t.instance, t.size, t.error) for t in wave1 + wave2 if not t.ok()]
+    failures = [(t.instance, t.size, t.error) for t in transfers if not t.ok()]
     assert old.wait(60) == 0          # drained: its transfers done, then it exits
     drained_in = time.monotonic() - started
-    print(f"\nrestart: {TRANSFERS} transfers of {BIG >> 20} MiB ({on_a} in flight on the "
-          f"restarted instance), {len(failures)} failures; new instance listening after "
-          f"{restarted_in:.1f} s, old one drained and exited after {drained_in:.1f} s; "
+    print(f"\nrestart: {TRANSFERS} transfers of {BIG >> 20} MiB in flight on the restarted "
+          f"instance, {len(failures)} failures; {len(during)} new connections during the "
+          f"restart, served by {({k: newcomers.count(k) for k in sorted(set(newcomers))})}; "
+          f"new instance listening after "
+          f"{restarted_in:.1f} s ({bind_attempts} start(s)), old one drained and exited "
+          f"after {drained_in:.1f} s; "
           f"{bed.redispatched() - redispatched} connections redispatched by haproxy")
     assert failures == []
+    assert set(newcomers) <= set(INSTANCES) and len(newcomers) == len(during), newcomers
     assert "Traceback" not in old_log.read_text()
     # haproxy sends new connections to the new a again once its checks pass.
     bed.wait_states({"a": "UP"}, timeout=30)
     served = {bed.env_of_one(bed.port_v2)[0]["BED_INSTANCE"] for _ in range(6)}
     assert "a" in served
+
+
+def test_restarts_under_continuous_load_lose_no_connection(bed: Bed) -> None:
+    """Four clients connect back to back through both frontends while instance c is
+    restarted three times (SIGTERM, new instance at once, back in haproxy): not one
+    connection fails. The connections the kernel had queued for the old instance are served
+    by it; a connect that comes once it has stopped listening is refused, and haproxy
+    redispatches it."""
+    c = bed.instances["c"]
+    stop = threading.Event()
+    lock = threading.Lock()
+    latencies: list[float] = []
+    failures: list[str] = []
+
+    def client(i: int) -> None:
+        while not stop.is_set():
+            started = time.monotonic()
+            try:
+                bed.env_of_one((bed.port_v1, bed.port_v2)[i % 2])
+                with lock:
+                    latencies.append(time.monotonic() - started)
+            except (OSError, AssertionError) as e:
+                with lock:
+                    failures.append(repr(e))
+
+    clients = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(4)]
+    for t in clients:
+        t.start()
+    restarts = 3
+    time.sleep(1.0)
+    for _ in range(restarts):
+        bed.wait_states({"c": "UP"}, timeout=30)
+        time.sleep(0.5)
+        old = c.proc
+        old.send_signal(signal.SIGTERM)
+        c.start()
+        assert old.wait(30) == 0
+    bed.wait_states({"c": "UP"}, timeout=30)
+    stop.set()
+    for t in clients:
+        t.join(60)
+    latencies.sort()
+    print(f"\ncontinuous load: {restarts} restarts, {len(latencies) + len(failures)} "
+          f"connections, {len(failures)} failures; latency p50 "
+          f"{latencies[len(latencies) // 2]:.2f} s, max {latencies[-1]:.2f} s, "
+          f"{sum(x > 1 for x in latencies)} over 1 s")
+    assert failures == []
 
 
 def test_killed_instance_is_routed_around_after_the_check_interval(bed: Bed) -> None:
@@ -386,3 +475,73 @@ def test_killed_instance_is_routed_around_after_the_check_interval(bed: Bed) -> 
           f"connections, {len(failures)} failures, served by {served}")
     assert failures == []
     assert set(served) == {"a", "c"}
+
+
+RAW_CFG = """\
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 10s
+    timeout server 10s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    default_backend bk
+
+backend bk
+    server raw 127.0.0.1:{raw} {send}
+"""
+
+
+@pytest.mark.parametrize("send", ["send-proxy", "send-proxy-v2",
+                                  "send-proxy-v2 proxy-v2-options crc32c,unique-id"])
+def test_haproxys_own_header_bytes_parse(send: str, tmp_path: Path) -> None:
+    """The header exactly as haproxy writes it (captured by a plain TCP server behind it),
+    through tlswrapper's reader: the client's address and port, the bytes after it intact;
+    with CRC32C and unique-id TLVs, a CRC32C changed by one bit is refused."""
+    from tlswrapper.proxyproto import ProxyError, ProxyReader
+    raw = socket.socket()
+    raw.bind(("127.0.0.1", 0))
+    raw.listen(1)
+    raw.settimeout(20)
+    port = free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(RAW_CFG.format(port=port, raw=raw.getsockname()[1], send=send))
+    haproxy = which(shutil.which("haproxy") or "/usr/sbin/haproxy")
+    proc = subprocess.Popen([haproxy, "-db", "-f", str(cfg)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=2)
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+        with client:
+            client.sendall(b"\x16\x03\x01after")
+            conn, _ = raw.accept()
+            with conn:
+                conn.settimeout(10)
+                data = b""
+                while not data.endswith(b"after"):
+                    data += conn.recv(65536)
+            client_port = client.getsockname()[1]
+    finally:
+        proc.kill()
+        proc.wait(10)
+        raw.close()
+    reader = ProxyReader(0)
+    header = reader.feed(data)
+    assert header is not None and reader.rest == b"\x16\x03\x01after"
+    assert (header.source_ip, header.source_port, header.dest_ip, header.dest_port) == \
+        ("127.0.0.1", client_port, "127.0.0.1", port)
+    if "crc32c" in send:
+        length = len(data) - len(reader.rest)
+        assert length > 16 + 12 + 7, "no TLVs sent"
+        at = data.index(b"\x03\x00\x04", 28)       # the CRC32C TLV: type 3, length 4
+        broken = data[:at + 3] + bytes([data[at + 3] ^ 1]) + data[at + 4:]
+        with pytest.raises(ProxyError, match="CRC32C mismatch"):
+            ProxyReader(2).feed(broken)

@@ -32,7 +32,7 @@ def cert_paths(pki):
 
 
 def fresh(cert_paths):
-    keys = new_key_service()
+    keys = new_key_service(cert_paths)
     candidates = keys.load(cert_paths)
     return ServerConnection(CONFIG, keys), candidates
 

@@ -84,8 +84,9 @@ class SslWire:
 
     def __init__(self, pki, ctx: ssl.SSLContext, certs=("ecdsa-p256",),
                  config: ServerConfig | None = None, sni: str | None = "localhost") -> None:
-        keys = new_key_service()
-        self.candidates = keys.load([str(pki[c].path) for c in certs])
+        paths = [str(pki[c].path) for c in certs]
+        keys = new_key_service(paths)
+        self.candidates = keys.load(paths)
         self.server = ServerConnection(config or ServerConfig(groups=ALL_GROUPS), keys)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = ctx.wrap_bio(self.incoming, self.outgoing, server_hostname=sni)
@@ -291,7 +292,7 @@ def _client_hello_12(suites_=(0xC02B, 0xC02F, s.TLS_EMPTY_RENEGOTIATION_INFO_SCS
 
 
 def _server(pki, config: ServerConfig | None = None, cert: str = "ecdsa-p256"):
-    keys = new_key_service()
+    keys = new_key_service([str(pki[cert].path)])
     server = ServerConnection(config or ServerConfig(groups=ALL_GROUPS), keys)
     server._test_candidates = keys.load([str(pki[cert].path)])
     return server

@@ -31,8 +31,8 @@ ALL_CONFIG = ServerConfig(groups=ALL_GROUP_NAMES)
 
 def make_wire(pki, certs=("ecdsa-p256",), config: ServerConfig = ALL_CONFIG,
               candidates=None, **client_kw) -> Wire:
-    keys = new_key_service()
     paths = [c if os.path.isabs(c) else str(pki[c].path) for c in certs]
+    keys = new_key_service(paths)
     loaded = keys.load(paths)
     server = ServerConnection(config, keys)
     client = TLS13Client(Options(**client_kw))
@@ -345,18 +345,34 @@ def test_several_key_updates_in_one_flight(pki):
     assert w.app_data() == b"x"
 
 
-def test_key_update_flood_is_refused_and_data_resets_the_count(pki):
-    from tlswrapper.tls.server import MAX_KEY_UPDATES
+def test_key_update_flood_is_refused_and_data_pays_for_more(pki):
+    from tlswrapper.tls.server import KEY_UPDATE_DATA, MAX_KEY_UPDATES
     w = connected(pki)
     for _ in range(MAX_KEY_UPDATES):
         w.client.key_update(requested=True)
         w.pump()
-    exchange(w, 100)             # application data between: the count starts again
+    # Application data earns KeyUpdates back: one per KEY_UPDATE_DATA bytes.
+    exchange(w, MAX_KEY_UPDATES * KEY_UPDATE_DATA)
     for _ in range(MAX_KEY_UPDATES):
         w.client.key_update(requested=False)
         w.pump()
     assert not w.server.failed, w.events
     w.client.key_update(requested=False)
+    w.pump()
+    assert_failed(w, s.UNEXPECTED_MESSAGE)
+
+
+def test_key_updates_alternating_with_tiny_records_are_refused(pki):
+    """The flood that grew the network process without bound: KeyUpdate, 1-byte record,
+    KeyUpdate, ... A record no longer clears the count; only enough data pays for more."""
+    from tlswrapper.tls.server import MAX_KEY_UPDATES
+    w = connected(pki)
+    for _ in range(MAX_KEY_UPDATES):
+        w.client.key_update(requested=True)
+        w.client.send(b"x")
+        w.pump()
+    assert not w.server.failed, w.events
+    w.client.key_update(requested=True)
     w.pump()
     assert_failed(w, s.UNEXPECTED_MESSAGE)
 

@@ -75,7 +75,7 @@ class SslWire(Wire12):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.load_verify_locations(cafile=str(pki.ca_pem))
         ctx.minimum_version = ctx.maximum_version = VERSIONS[version]
-        self.keys = Recording(new_key_service())
+        self.keys = Recording(new_key_service([str(p) for p in paths]))
         self.candidates = self.keys.load([str(p) for p in paths])
         self.server = ServerConnection(config or ServerConfig(), self.keys)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -174,8 +174,9 @@ def test_tls13_refusal_after_hello_retry_request(pki):
     """The key is selected with the server flight, which comes after the second ClientHello:
     the refusal and the next candidate happen there."""
     mismatched = pki.write_mismatched("ecdsa-p256", "ecdsa-p256")
-    keys = Recording(new_key_service())
-    candidates = keys.load([str(mismatched), str(pki["ecdsa-p384"].path)])
+    paths = [str(mismatched), str(pki["ecdsa-p384"].path)]
+    keys = Recording(new_key_service(paths))
+    candidates = keys.load(paths)
     server = ServerConnection(ServerConfig(groups=("secp384r1",)), keys)
     client = TLS13Client(Options(groups=(s.X25519, s.SECP384R1), key_share_groups=(s.X25519,),
                                  signature_algorithms=(s.ECDSA_SECP256R1_SHA256,

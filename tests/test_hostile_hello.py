@@ -30,7 +30,7 @@ CONFIG_12 = ServerConfig(groups=tuple(s.GROUP_NAMES), version_max=s.TLS12)
 
 def answer(pki, data: bytes, config: ServerConfig = CONFIG, cert: str = "ecdsa-p256"):
     """Feed `data` (records) to a fresh engine; (server, events, bytes it wrote)."""
-    keys = new_key_service()
+    keys = new_key_service([str(pki[cert].path)])
     server = ServerConnection(config, keys)
     candidates = keys.load([str(pki[cert].path)])
     events = server.receive(data)
@@ -172,7 +172,7 @@ def test_large_valid_client_hello_is_served_tls12(pki, kind):
             m.Extension(s.EXT_EXTENDED_MASTER_SECRET, b""),)
             + hostile.filler(250, "extensions16k")["extra"])
         assert len(hello) > 65000
-    keys = new_key_service()
+    keys = new_key_service([str(pki["ecdsa-p256"].path)])
     candidates = keys.load([str(pki["ecdsa-p256"].path)])
     server = ServerConnection(CONFIG, keys)
     client = tls12client.TLS12Client(hello)

@@ -22,55 +22,53 @@ import pytest
 from tlswrapper import ipc
 from tlswrapper.keyclient import KeyProcessDied, PipeKeyService, start_key_process
 from tlswrapper.keys import service as key_service
+from tlswrapper.keys.files import KeyFiles
+from tlswrapper.keys.order import CallOrder
 from tlswrapper.tls import suites
 from tlswrapper.tls.secrets import (READ, WRITE, Candidate, KeyRefused, KeyServiceError,
                                     Unusable)
 
 
+LOG_DIR = "/tmp"   # replaced per test by the fake_ks fixture (tmp_path)
+NAMES = ["a", "b", "c"]
+FILES = KeyFiles([("file", n) for n in NAMES])
+CH = b"\x01\x00\x00\x02ch"              # a ClientHello-like first transcript message
+SH = b"\x02\x00\x00\x22sh"              # a ServerHello head to which a 32-byte share is due
+
+
 class Fake:
     """Answers from its arguments so that the parent can check what arrived; the key
-    process's own state is read back through finished13(99, ...)."""
+    process's calls are appended to a log file the test reads back (state())."""
 
-    def __init__(self, jail=None) -> None:
-        self.calls: list = []
+    def __init__(self, jail=None, files=None, log_path=None) -> None:
         self.jail = jail
+        self.files = files
+        self.log_path = log_path
         self.fds = sorted(int(x) for x in os.listdir("/proc/self/fd"))
+        self._write(("fds", self.fds, jail is not None))
+
+    def _write(self, entry) -> None:
+        if self.log_path is not None:
+            with open(self.log_path, "a") as f:
+                f.write(repr(entry) + "\n")
 
     def _log(self, *a):
-        self.calls.append(a)
+        self._write(a)
 
     def load(self, paths):
         self._log("load", paths)
+        if self.jail is not None:
+            self.jail()             # as LocalKeyService.load does
         return [Candidate((b"leaf", b"ca"), suites.KEY_EC_P256), Unusable("missing", True),
-                Candidate((b"rsa",), suites.KEY_RSA, 2048)]
+                Candidate((b"rsa",), suites.KEY_RSA, 2048)][:len(paths)]
 
-    def read_anchor(self, path):
-        return b"anchor:" + path.encode()
+    def read_anchor(self):
+        return b"anchor:" + self.files.anchor.encode()
 
     def select(self, index):
-        if index == -1 and self.jail is not None:
-            self.jail()             # as LocalKeyService.load does
-            return
-        if index == 9:
+        if index == 9 or index == 1:
             raise KeyServiceError(suites.INTERNAL_ERROR, "key does not match certificate")
         self._log("select", index)
-
-    def sign(self, scheme, data):
-        if scheme == 1:
-            raise KeyServiceError(suites.ILLEGAL_PARAMETER, "scheme does not fit the key")
-        if scheme == 2:
-            raise ValueError("a bug with a secret in its message")
-        if scheme == 3:
-            time.sleep(30)          # a key process that hangs (killed by the test)
-        if scheme == 4:
-            return 1.5              # not encodable: a key-side bug
-        if scheme == 5:
-            os._exit(3)             # dies in the middle of a call
-        return scheme.to_bytes(2, "big") + data
-
-    def key_share(self, group, peer_share=None):
-        self._log("key_share", group, peer_share)
-        return b"share" + (peer_share or b"-")
 
     def derive12(self, version, suite, peer_share, client_random, server_random,
                  session_hash, encrypt_then_mac=False):
@@ -85,6 +83,16 @@ class Fake:
 
     def server_key_exchange12(self, group, scheme, client_random, server_random):
         self._log("server_key_exchange12", group, scheme, client_random, server_random)
+        if scheme == 1:
+            raise KeyServiceError(suites.ILLEGAL_PARAMETER, "scheme does not fit the key")
+        if scheme == 2:
+            raise ValueError("a bug with a secret in its message")
+        if scheme == 3:
+            time.sleep(30)          # a key process that hangs (killed by the test)
+        if scheme == 4:
+            return 1.5              # not encodable: a key-side bug
+        if scheme == 5:
+            os._exit(3)             # dies in the middle of a call
         return b"pub", b"sig"
 
     def seal_finished12(self, handshake_hash):
@@ -99,23 +107,13 @@ class Fake:
     def finished12(self, sender, handshake_hash):
         return b"f12" + bytes([sender]) + handshake_hash
 
-    def derive13_handshake(self, suite, transcript_hash):
-        self._log("derive13_handshake", suite, transcript_hash)
-
     def finished13(self, sender, transcript_hash):
-        if sender == 99:
-            return repr((self.calls, self.fds, self.jail is not None)).encode()
         return b"f13" + bytes([sender]) + transcript_hash
-
-    def derive13_application(self, transcript_hash):
-        self._log("derive13_application", transcript_hash)
 
     def key_update(self, direction):
         self._log("key_update", direction)
 
     def activate(self, direction):
-        if direction == 7:
-            raise KeyServiceError(suites.INTERNAL_ERROR, "no pending protection")
         self._log("activate", direction)
 
     def seal(self, records):
@@ -127,64 +125,110 @@ class Fake:
         return [(23, r[::-1]) for r in records], 0, ""
 
 
+class FailingActivate(Fake):
+    def activate(self, direction):
+        raise KeyServiceError(suites.INTERNAL_ERROR, "no pending protection")
+
+
 def state(ks: PipeKeyService):
+    """(calls, fds, jailed) as the fake in the key process logged them."""
     import ast
-    return ast.literal_eval(ks.finished13(99, b"").decode())
+    with open(ks.fake_log) as f:
+        entries = [ast.literal_eval(line) for line in f]
+    _, fds, jailed = entries[0]
+    return entries[1:], fds, jailed
+
+
+def start_fake(log_dir, cls=Fake, jail=None, files=FILES):
+    path = os.path.join(str(log_dir), f"fake-{time.monotonic_ns()}.log")
+    ks, pid = start_key_process(jail, files,
+                                factory=lambda jail, files: cls(jail, files, path), log=None)
+    ks.fake_log = path
+    return ks, pid
 
 
 @pytest.fixture
-def fake_ks():
-    ks, pid = start_key_process(None, factory=lambda jail: Fake(jail), log=None)
+def fake_ks(tmp_path):
+    ks, pid = start_fake(tmp_path)
     yield ks, pid
     ks.close()
 
 
-# --- every method over a real fork ----------------------------------------------------------------
+def to_tls13(ks, client_auth=False, index=0):
+    """load, select and the TLS 1.3 flight, as the engine makes them."""
+    ks.load(NAMES)
+    ks.select(index)
+    return ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [CH], SH,
+                              [b"ee", b"cert"], client_auth)
 
-def test_every_method(fake_ks):
+
+def to_tls12(ks):
+    ks.load(NAMES)
+    ks.select(0)
+    return ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c" * 32, b"s" * 32)
+
+
+# --- every call over a real fork, in handshake order ---------------------------------------------
+
+def test_every_call_of_a_tls13_handshake(fake_ks):
     ks, pid = fake_ks
     assert pid == ks.pid and pid > 0
-    assert ks.load(("a", "b/\udcff")) == [
+    assert ks.ready() is None
+    assert ks.load(NAMES) == [
         Candidate((b"leaf", b"ca"), suites.KEY_EC_P256), Unusable("missing", True),
         Candidate((b"rsa",), suites.KEY_RSA, 2048)]
     assert ks.select(2) is None
-    assert ks.read_anchor("/ca.pem") == b"anchor:/ca.pem"
-    assert ks.sign(0x0403, b"data") == b"\x04\x03data"
-    assert ks.key_share(suites.X25519) == b"share-"
-    assert ks.key_share(suites.X25519, b"peer") == b"sharepeer"
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None) is None
-    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True) is None
-    assert ks.derive12_finished(suites.TLS12, 0xC02B, b"p", b"c", b"s", [b"ch", b"cke"],
-                                True, False) == (b"cf", b"record")
-    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
-    assert ks.seal_finished12(b"hh") == b"sfhh"
-    assert ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
-                              [b"ee", b"cert"], False) == \
-        (b"share", b"cv", b"fin", b"records", b"cfin")
-    assert ks.finished12(1, b"hh") == b"f12\x01hh"
-    assert ks.derive13_handshake(0x1301, b"t") is None
+    assert ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [CH], SH,
+                              [b"ee", b"cert"], True) == \
+        (b"share", b"cv", b"fin", b"records", b"")
+    assert ks.open([b"abc", b"de"]) == ([(23, b"cba"), (23, b"ed")], 0, "")
     assert ks.finished13(0, b"t") == b"f13\x00t"
-    assert ks.derive13_application(b"t2") is None
-    assert ks.key_update(WRITE) is None
     assert ks.activate(READ) is None
     assert ks.seal([(23, b"abc"), (21, b"")]) == b"\x17abc\x15"
     assert ks.seal([]) == b""
-    assert ks.open([b"abc", b"de"]) == ([(23, b"cba"), (23, b"ed")], 0, "")
+    assert ks.key_update(WRITE) is None
+    assert ks.open([b"xyz"]) == ([(23, b"zyx")], 0, "")
+    assert ks.key_update(READ) is None
     assert ks.open([b"bad"]) == ([], suites.BAD_RECORD_MAC, "bad record mac")
     calls, _fds, jailed = state(ks)
     assert calls == [
-        ("load", ["a", "b/\udcff"]), ("select", 2),
-        ("key_share", suites.X25519, None), ("key_share", suites.X25519, b"peer"),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, None, False),
-        ("derive12", suites.TLS12, 0xC02B, b"p", b"c", b"s", b"h", True),
-        ("derive12_finished", suites.TLS12, 0xC02B, b"p", b"c", b"s", [b"ch", b"cke"], True,
-         False),
-        ("server_key_exchange12", suites.SECP256R1, 0x0403, b"c", b"s"),
-        ("server_flight13", suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
-         [b"ee", b"cert"], False),
-        ("derive13_handshake", 0x1301, b"t"), ("derive13_application", b"t2"),
-        ("key_update", WRITE), ("activate", READ)]
+        ("load", NAMES), ("select", 2),
+        ("server_flight13", suites.X25519, b"peer", 0x1301, 0x0403, [CH], SH,
+         [b"ee", b"cert"], True),
+        ("activate", READ), ("key_update", WRITE), ("key_update", READ)]
     assert jailed is False
+
+
+def test_every_call_of_a_tls12_handshake_with_a_client_certificate(fake_ks):
+    ks, _ = fake_ks
+    assert to_tls12(ks) == (b"pub", b"sig")
+    assert ks.derive12(suites.TLS12, 0xC02B, b"p", b"c" * 32, b"s" * 32, b"h", True) is None
+    assert ks.finished12(0, b"hh") == b"f12\x00hh"
+    ks.activate(READ)
+    assert ks.open([b"fin"]) == ([(23, b"nif")], 0, "")
+    ks.activate(WRITE)
+    assert ks.seal_finished12(b"hh") == b"sfhh"
+    assert ks.seal([(23, b"x")]) == b"\x17x"
+    calls, _fds, _jailed = state(ks)
+    assert [c[0] for c in calls] == ["load", "select", "server_key_exchange12", "derive12",
+                                     "activate", "activate"]
+
+
+def test_every_call_of_a_tls12_handshake(fake_ks):
+    ks, _ = fake_ks
+    to_tls12(ks)
+    assert ks.derive12_finished(suites.TLS12, 0xC02B, b"p", b"c", b"s", [b"ch", b"cke"],
+                                True, False) == (b"cf", b"record")
+    ks.activate(READ)
+    assert ks.open([b"fin"]) == ([(23, b"nif")], 0, "")
+    assert ks.seal([(23, b"x")]) == b"\x17x"
+
+
+def test_read_anchor_is_the_configured_file(tmp_path):
+    ks, _ = start_fake(tmp_path, files=KeyFiles([("file", "a")], "/etc/ca.pem"))
+    with ks:
+        assert ks.read_anchor() == b"anchor:/etc/ca.pem"
+        assert ks.load(["a"])
 
 
 @pytest.fixture
@@ -202,6 +246,9 @@ def pipe_writes(monkeypatch) -> list[int]:
 
 def test_deferred_calls_go_with_the_next_call(fake_ks, pipe_writes):
     ks, _ = fake_ks
+    to_tls13(ks)
+    ks.seal([(23, b"x")])
+    del pipe_writes[:]
     # activate and key_update answer nothing: they wait for the next call and go in its
     # write, in order; one round trip for the three.
     assert ks.activate(READ) is None
@@ -213,53 +260,51 @@ def test_deferred_calls_go_with_the_next_call(fake_ks, pipe_writes):
     assert calls[-2:] == [("activate", READ), ("key_update", WRITE)]
 
 
-def test_deferred_call_error_surfaces_from_the_next_call(fake_ks):
-    ks, _ = fake_ks
-    ks.activate(7)            # refused by the key side: reported with the next call
-    ks.activate(READ)
-    with pytest.raises(KeyServiceError) as e:
-        ks.seal([(23, b"x")])
-    assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR, "no pending protection")
-    # The later calls still ran and the pipes are in step.
-    assert ks.sign(7, b"ok") == b"\x00\x07ok"
-    calls, _fds, _jailed = state(ks)
-    assert calls[-1] == ("activate", READ)
+def test_deferred_call_error_surfaces_from_the_next_call(tmp_path):
+    ks, _ = start_fake(tmp_path, FailingActivate)
+    with ks:
+        to_tls13(ks)
+        ks.activate(READ)            # refused by the key side: reported with the next call
+        with pytest.raises(KeyServiceError) as e:
+            ks.seal([(23, b"x")])
+        assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR,
+                                                   "no pending protection")
+        # The pipes are in step; after a failure only the engine's alert can be sealed.
+        assert ks.seal([(21, b"\x02\x50")]) == b"\x15\x02\x50"
+        with pytest.raises(KeyProcessDied):
+            ks.open([b"x"])
 
 
 def test_deferred_select_goes_with_the_flight_and_its_error_is_key_refused(fake_ks,
                                                                           pipe_writes):
     ks, _ = fake_ks
-    assert ks.select(2) is None
-    assert pipe_writes == []
-    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
-    assert len(pipe_writes) == 1
-    # A refused select: the call sent with it raises KeyRefused, even though this key side
-    # (a fake that keeps its previous key) answered it: the answer is dropped.
-    ks.select(9)
+    ks.load(NAMES)
+    # A refused select: the flight sent with it is refused too, without being made.
+    ks.select(1)
+    assert pipe_writes == [ks.wfd]          # load only: select is deferred
     with pytest.raises(KeyRefused) as e:
-        ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [b"ch"], b"sh",
-                           [b"ee"], False)
+        ks.server_flight13(suites.X25519, b"peer", 0x1301, 0x0403, [CH], SH, [b"ee"], False)
     assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR,
                                                "key does not match certificate")
     assert len(pipe_writes) == 2
-    # Any other deferred call's error is not KeyRefused; the pipes are still in step.
-    ks.activate(7)
-    with pytest.raises(KeyServiceError) as e2:
-        ks.sign(7, b"x")
-    assert not isinstance(e2.value, KeyRefused)
-    assert ks.sign(7, b"ok") == b"\x00\x07ok"
+    # The next candidate: select and flight in one write again.
+    ks.select(2)
+    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
+    assert len(pipe_writes) == 3
     calls, _fds, _jailed = state(ks)
-    assert [c[0] for c in calls] == ["select", "server_key_exchange12", "server_flight13"]
+    assert [c[0] for c in calls] == ["load", "select", "server_key_exchange12"]
 
 
 def test_deferred_calls_dropped_at_close(fake_ks):
     ks, _ = fake_ks
+    to_tls13(ks)
     ks.activate(READ)
     assert ks.close() == 0
 
 
 def test_bulk_batch(fake_ks):
     ks, _ = fake_ks
+    to_tls13(ks)
     records = [(23, os.urandom(16384)) for _ in range(16)]
     assert ks.seal(records) == b"".join(b"\x17" + p for _, p in records)
     raw = [os.urandom(16384 + 5) for _ in range(16)]
@@ -270,40 +315,47 @@ def test_bulk_batch(fake_ks):
         assert ks.seal(big) == b"".join(b"\x17" + p for _, p in big)
 
 
-def test_errors_propagate(fake_ks):
-    ks, _ = fake_ks
-    with pytest.raises(KeyServiceError) as e:
-        ks.sign(1, b"")
-    assert (e.value.alert, e.value.reason) == (suites.ILLEGAL_PARAMETER,
-                                               "scheme does not fit the key")
-    with pytest.raises(KeyServiceError) as e:
-        ks.sign(2, b"")
-    assert (e.value.alert, e.value.reason) == (suites.INTERNAL_ERROR, key_service.GENERIC_REASON)
-    assert "secret" not in e.value.reason
-    with pytest.raises(KeyServiceError) as e:
-        ks.sign(4, b"")
-    assert e.value.alert == suites.INTERNAL_ERROR
-    # The pipe is still in step after errors.
-    assert ks.sign(7, b"ok") == b"\x00\x07ok"
+@pytest.mark.parametrize("scheme,alert,reason", [
+    (1, suites.ILLEGAL_PARAMETER, "scheme does not fit the key"),
+    (2, suites.INTERNAL_ERROR, key_service.GENERIC_REASON),
+    (4, suites.INTERNAL_ERROR, key_service.GENERIC_REASON),
+])
+def test_errors_propagate(tmp_path, scheme, alert, reason):
+    ks, _ = start_fake(tmp_path)
+    with ks:
+        ks.load(NAMES)
+        ks.select(0)
+        with pytest.raises(KeyServiceError) as e:
+            ks.server_key_exchange12(suites.SECP256R1, scheme, b"c", b"s")
+        assert (e.value.alert, e.value.reason) == (alert, reason)
+        assert "secret" not in e.value.reason
+        # A failed handshake call: the key process takes nothing more but an alert.
+        with pytest.raises(KeyProcessDied):
+            ks.select(0)
+            ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s")
 
 
 def test_unsendable_arguments_are_an_engine_error(fake_ks):
     ks, _ = fake_ks
+    ks.load(NAMES)
+    ks.select(0)
     with pytest.raises(KeyServiceError) as e:
-        ks.sign(2**70, b"")
+        ks.server_key_exchange12(2**70, 0x0403, b"", b"")
     assert e.value.alert == suites.INTERNAL_ERROR
     with pytest.raises(KeyServiceError):
-        ks.sign(0x0403, 1.5)  # type: ignore[arg-type]
-    assert ks.sign(7, b"ok") == b"\x00\x07ok"
+        ks.server_key_exchange12(suites.SECP256R1, 0x0403, 1.5, b"")  # type: ignore[arg-type]
+    # Nothing was written: the pipes are in step, the select still goes with the next call.
+    assert ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s") == (b"pub", b"sig")
 
 
-def test_child_keeps_only_its_pipes():
+def test_child_keeps_only_its_pipes(tmp_path):
     extra = os.open(os.devnull, os.O_RDONLY)   # an fd the key process must not inherit
     try:
-        ks, pid = start_key_process(None, factory=lambda jail: Fake(jail), log=None)
+        ks, pid = start_fake(tmp_path)
     finally:
         os.close(extra)
     try:
+        ks.ready()
         _calls, fds, _ = state(ks)
         # 0, 1 (/dev/null), 2 (log), the two pipe ends, and listdir's own transient fd.
         assert len(fds) == 6 and fds[:3] == [0, 1, 2]
@@ -311,10 +363,11 @@ def test_child_keeps_only_its_pipes():
         ks.close()
 
 
-def test_jail_is_handed_to_the_service():
+def test_jail_is_handed_to_the_service(tmp_path):
     ran = []
-    ks, pid = start_key_process(lambda: ran.append(1), factory=lambda jail: Fake(jail), log=None)
+    ks, pid = start_fake(tmp_path, jail=lambda: ran.append(1))
     try:
+        ks.ready()
         assert state(ks)[2] is True
     finally:
         ks.close()
@@ -322,11 +375,12 @@ def test_jail_is_handed_to_the_service():
 
 def test_close_reaps_a_clean_exit(fake_ks):
     ks, pid = fake_ks
-    ks.sign(7, b"")
+    ks.load(NAMES)
     status = ks.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     with pytest.raises(KeyProcessDied):
-        ks.sign(7, b"")
+        ks.select(0)
+        ks.server_key_exchange12(suites.SECP256R1, 0x0403, b"c", b"s")
 
 
 # --- a dying key process -------------------------------------------------------------------------
@@ -336,19 +390,24 @@ def test_killed_mid_call_raises_promptly(fake_ks):
     killer = threading.Timer(0.2, os.kill, (pid, signal.SIGKILL))
     killer.start()
     t0 = time.monotonic()
+    ks.load(NAMES)
+    ks.select(0)
     with pytest.raises(KeyProcessDied):
-        ks.sign(3, b"")            # sleeps 30 s in the key process
+        # scheme 3: sleeps 30 s in the key process
+        ks.server_key_exchange12(suites.SECP256R1, 3, b"c", b"s")
     assert time.monotonic() - t0 < 5
     killer.join()
     with pytest.raises(KeyProcessDied):    # and stays dead
-        ks.sign(7, b"")
+        ks.seal([(23, b"x")])
     assert not isinstance(KeyProcessDied("x"), KeyServiceError)
 
 
 def test_exit_mid_call(fake_ks):
     ks, pid = fake_ks
+    ks.load(NAMES)
+    ks.select(0)
     with pytest.raises(KeyProcessDied):
-        ks.sign(5, b"")
+        ks.server_key_exchange12(suites.SECP256R1, 5, b"c", b"s")     # exits with 3
     status = ks.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
 
@@ -365,7 +424,7 @@ def test_dead_before_call(fake_ks):
 def test_misbehaving_key_process():
     # A "key process" that answers garbage: a thread on the other ends of the pipes.
     for answer in (b"\x00\x00\x00\x01\x80X",                 # malformed value
-                   ipc.encode(ipc.OP_OK, 5),                  # wrong type for sign()
+                   ipc.encode(ipc.OP_OK, 5),                  # wrong type for seal()
                    ipc.encode(0x42, b""),                     # unknown answer opcode
                    ipc.encode(ipc.OP_ERR, ("80", "x"))):      # malformed error answer
         req_r, req_w = os.pipe()
@@ -378,7 +437,7 @@ def test_misbehaving_key_process():
         t = threading.Thread(target=other_side)
         t.start()
         with pytest.raises(KeyProcessDied):
-            ks.sign(1, b"")
+            ks.seal([(23, b"")])
         t.join()
         ks.close()
         os.close(req_r)
@@ -402,11 +461,11 @@ def test_key_process_dies_with_the_network_process(jailed):
     net = os.fork()
     if net == 0:
         try:
-            ks, kpid = start_key_process(_setuid_jail if jailed else None,
-                                         factory=lambda jail: Fake(jail), log=None)
+            ks, kpid = start_key_process(_setuid_jail if jailed else None, FILES,
+                                         factory=lambda jail, files: Fake(jail, files),
+                                         log=None)
             if jailed:
-                ks.select(-1)
-                ks.sign(0, b"")      # select is deferred: it goes with this call
+                ks.load(NAMES)       # the fake jails in load(), as LocalKeyService does
             holder = os.fork()
             if holder == 0:              # holds ks.wfd open: no EOF for the key process
                 time.sleep(30)
@@ -446,11 +505,11 @@ def test_key_process_still_starting_ends_with_its_network_process(network_jailed
     net = os.fork()
     if net == 0:
         try:
-            def slow_start(jail):
+            def slow_start(jail, files):
                 started.write_text("")
                 time.sleep(60)
-                return Fake(jail)
-            _ks, kpid = start_key_process(None, factory=slow_start, log=None)
+                return Fake(jail, files)
+            _ks, kpid = start_key_process(None, FILES, factory=slow_start, log=None)
             os.write(w, kpid.to_bytes(4, "big"))
             while not started.exists():      # the key process is past its first checks
                 time.sleep(0.01)
@@ -487,7 +546,8 @@ def _alive(pid: int) -> bool:
 # --- serve() in a thread: the request side's checks -------------------------------------------
 
 class ServeHarness:
-    def __init__(self, service) -> None:
+    def __init__(self, service, files=FILES) -> None:
+        self.order = CallOrder(files.anchor is not None)
         self.req_r, self.req_w = os.pipe()
         self.ans_r, self.ans_w = os.pipe()
         self.lines: list[str] = []
@@ -498,7 +558,7 @@ class ServeHarness:
 
     def _run(self, service) -> None:
         try:
-            key_service.serve(self.req_r, self.ans_w, service, self.lines.append)
+            key_service.serve(self.req_r, self.ans_w, service, self.order, self.lines.append)
         except BaseException as e:
             self.error = e
 
@@ -515,32 +575,40 @@ class ServeHarness:
 
 
 @pytest.mark.parametrize("name,args", [
-    ("sign", ("x", b"")), ("sign", (1,)), ("sign", (1, b"", 3)), ("sign", (True, b"")),
-    ("load", ("a",)), ("load", ([b"a"],)), ("select", (None,)), ("key_share", (29, "x")),
-    ("read_anchor", (b"/ca.pem",)),
+    ("load", ("a",)), ("load", ([b"a"],)), ("load", (["a"], 1)), ("select", (None,)),
+    ("select", (True,)), ("read_anchor", ("/ca.pem",)), ("ready", (1,)),
     ("derive12", (1, 2, b"", b"", b"", None, 1)), ("seal", ([(23, "x")],)),
     ("seal", ([[23, b"x"]],)), ("seal", ((23, b"x"),)), ("open", ([1],)), ("activate", ()),
+    ("activate", (2,)), ("key_update", (-1,)),
 ])
-def test_bad_arguments_get_an_error_answer(name, args):
+def test_bad_arguments_end_the_loop_without_an_answer(name, args):
     h = ServeHarness(Fake())
-    try:
-        op, value = h.ask(ipc.OPCODES[name], args)
-        assert op == ipc.OP_ERR and value == (suites.INTERNAL_ERROR, f"bad arguments to {name}")
-        assert h.ask(ipc.OPCODES["sign"], (7, b"")) == (ipc.OP_OK, b"\x00\x07")
-    finally:
-        assert h.finish() is None      # EOF: serve() returned cleanly
+    ipc.write_frame(h.req_w, ipc.OPCODES[name], args)
+    h.thread.join(5)
+    assert not h.thread.is_alive()
+    assert _queued(h.ans_r) == 0      # no answer, not even a partial one
+    error = h.finish()
+    assert isinstance(error, key_service.HostileRequest)
+    assert f"bad arguments to {name}" in str(error)
+
+
+def _queued(fd: int) -> int:
+    import fcntl
+    import termios
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), "little")
 
 
 def test_internal_error_logs_one_line_without_the_message():
     h = ServeHarness(Fake())
     try:
-        assert h.ask(ipc.OPCODES["sign"], (2, b"")) == (
+        assert h.ask(ipc.OPCODES["load"], (NAMES,))[0] == ipc.OP_OK
+        assert h.ask(ipc.OPCODES["select"], (0,)) == (ipc.OP_OK, None)
+        assert h.ask(ipc.OPCODES["server_key_exchange12"], (23, 2, b"c", b"s")) == (
             ipc.OP_ERR, (suites.INTERNAL_ERROR, key_service.GENERIC_REASON))
-        assert h.ask(ipc.OPCODES["sign"], (4, b""))[0] == ipc.OP_ERR
     finally:
         h.finish()
-    assert len(h.lines) == 2 and all("\n" not in line for line in h.lines)
-    assert "sign" in h.lines[0] and "ValueError" in h.lines[0]
+    assert len(h.lines) == 1 and "\n" not in h.lines[0]
+    assert "server_key_exchange12" in h.lines[0] and "ValueError" in h.lines[0]
     assert "secret" not in "".join(h.lines)
 
 
@@ -554,7 +622,7 @@ def test_unknown_opcode_ends_the_loop(opcode):
 
 @pytest.mark.parametrize("frame", [
     b"\x00\x00\x00\x02\x03X",                        # malformed body
-    ipc.encode(ipc.OPCODES["sign"], [1, b""]),        # arguments not a tuple
+    ipc.encode(ipc.OPCODES["select"], [1]),           # arguments not a tuple
     b"\x00\x00\x00\x10\x03N",                        # cut short, then EOF
     b"\xff\xff\xff\xff\x03",                         # over the frame limit
 ])
@@ -568,8 +636,10 @@ def test_malformed_request_ends_the_loop(frame):
 
 
 def test_no_getattr_on_names():
-    # The table is the KeyService's methods, nothing else.
-    assert sorted(name for name, _ in key_service.HANDLERS.values()) == sorted(ipc.METHODS)
+    # The table is the calls the engine makes, nothing else.
+    assert sorted(entry[0] for entry in key_service.HANDLERS.values()) == sorted(ipc.METHODS)
+    for gone in ("sign", "key_share", "derive13_handshake", "derive13_application"):
+        assert gone not in ipc.METHODS
 
 
 # --- the real LocalKeyService in the forked key process -----------------------------------------
@@ -617,37 +687,33 @@ def _test_jail(empty_dir: str):
     return jail
 
 
-@pytest.mark.skipif(not _local_available(), reason="tlswrapper.keys.local not written yet")
 def test_real_local_key_service(tmp_path):
     from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, x25519
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tlswrapper.tls import messages
 
     path, der, cert = _make_pem(str(tmp_path))
     empty = tmp_path / "empty"
     empty.mkdir()
-    ks, pid = start_key_process(_test_jail(str(empty)))
+    ks, pid = start_key_process(_test_jail(str(empty)), KeyFiles([("file", path)]))
     try:
         cands = ks.load([path])
         assert cands == [Candidate((der,), suites.KEY_EC_P256, 0)]
         ks.select(0)
-        data = b"signed handshake data" * 10
-        sig = ks.sign(suites.ECDSA_SECP256R1_SHA256, data)
-        cert.public_key().verify(sig, data, ec.ECDSA(hashes.SHA256()))
-        with pytest.raises(KeyServiceError):
-            ks.sign(suites.RSA_PSS_RSAE_SHA256, data)
+        # The key process still works after the jail (nothing to import any more): it
+        # makes its own share and signs the parameters holding it.
+        public, sig = ks.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256,
+                                               b"c" * 32, b"s" * 32)
+        assert len(public) == 32
+        cert.public_key().verify(
+            sig, b"c" * 32 + b"s" * 32 + messages.ecdhe_params(suites.X25519, public),
+            ec.ECDSA(hashes.SHA256()))
         with pytest.raises(KeyServiceError) as e:
-            ks.key_share(suites.X25519, b"\x00" * 32)      # low-order point: no shared secret
+            # low-order point: no shared secret
+            ks.derive12_finished(suites.TLS12, 0xC02B, b"\x00" * 32, b"c" * 32, b"s" * 32,
+                                 [b"ch"], True, False)
         assert e.value.alert == suites.ILLEGAL_PARAMETER
-        peer = x25519.X25519PrivateKey.generate()
-        peer_pub = peer.public_key().public_bytes_raw()
-        share = ks.key_share(suites.X25519, peer_pub)
-        assert len(share) == 32
-        x25519.X25519PublicKey.from_public_bytes(share)    # a valid point
-        # The key process still works after the jail (nothing to import any more).
-        ks.derive13_handshake(0x1301, b"\x00" * 32)
-        ks.activate(WRITE)
-        sealed = ks.seal([(suites.APPLICATION_DATA, b"hello")])
-        assert sealed[:3] == b"\x17\x03\x03" and len(sealed) == 5 + 5 + 1 + 16
     finally:
         status = ks.close()
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
@@ -671,7 +737,7 @@ def test_real_key_process_refused_select_then_the_next_key(tmp_path):
         f.write(ec.generate_private_key(ec.SECP256R1()).private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()) + chain)
-    ks, _pid = start_key_process(None)
+    ks, _pid = start_key_process(None, KeyFiles([("file", wrong), ("file", path)]))
     try:
         assert len(ks.load([wrong, path])) == 2
         ks.select(0)
@@ -679,8 +745,6 @@ def test_real_key_process_refused_select_then_the_next_key(tmp_path):
             ks.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256, b"c" * 32,
                                      b"s" * 32)
         assert "key does not match certificate" in e.value.reason
-        with pytest.raises(KeyServiceError, match="sign before select"):
-            ks.sign(suites.ECDSA_SECP256R1_SHA256, b"data")
         ks.select(1)
         public, sig = ks.server_key_exchange12(suites.X25519, suites.ECDSA_SECP256R1_SHA256,
                                                b"c" * 32, b"s" * 32)
@@ -705,37 +769,19 @@ def _bench(label, fn, n):
 
 
 def main() -> None:
+    import tempfile
     records = [(23, os.urandom(16384)) for _ in range(16)]
-    ks, _ = start_key_process(None, factory=lambda jail: Fake(jail), log=None)
-    fake = Fake()
-    _bench("trivial call (fake activate), pipe", lambda: ks.activate(0), 20000)
-    _bench("trivial call (fake activate), in-process", lambda: fake.activate(0), 20000)
-    _bench("encode+decode only, 16 x 16 KiB seal request",
-           lambda: ipc.decode(ipc.encode(12, (records,))), 500)
-    _bench("seal 16 x 16 KiB, fake (join only), pipe", lambda: ks.seal(records), 500)
-    _bench("seal 16 x 16 KiB, fake (join only), in-process", lambda: fake.seal(records), 500)
-    ks.close()
-    if not _local_available():
-        print("tlswrapper.keys.local missing: no real seal figures")
-        return
-    from cryptography.hazmat.primitives.asymmetric import x25519
-    from tlswrapper.keys.local import LocalKeyService
-
-    def ready(svc, suite):
-        peer = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
-        svc.key_share(suites.X25519, peer)
-        svc.derive13_handshake(suite, b"\x00" * 32)
-        svc.activate(WRITE)
-        return svc
-    for suite, label in ((0x1301, "AES_128_GCM"), (0x1303, "CHACHA20_POLY1305")):
-        ks, _ = start_key_process(None)
-        local = ready(LocalKeyService(jail=None), suite)
-        ready(ks, suite)
-        a = _bench(f"seal 16 x 16 KiB {label}, LocalKeyService, pipe",
-                   lambda: ks.seal(records), 500)
-        b = _bench(f"seal 16 x 16 KiB {label}, LocalKeyService, in-process",
-                   lambda: local.seal(records), 500)
-        print(f"   pipe: {256 / 1024 / a:.0f} MiB/s, in-process: {256 / 1024 / b:.0f} MiB/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        ks, _ = start_fake(tmp)
+        to_tls13(ks)
+        fake = Fake()
+        _bench("trivial call (fake seal of nothing), pipe", lambda: ks.seal([]), 20000)
+        _bench("trivial call (fake seal of nothing), in-process", lambda: fake.seal([]), 20000)
+        _bench("encode+decode only, 16 x 16 KiB seal request",
+               lambda: ipc.decode(ipc.encode(12, (records,))), 500)
+        _bench("seal 16 x 16 KiB, fake (join only), pipe", lambda: ks.seal(records), 500)
+        _bench("seal 16 x 16 KiB, fake (join only), in-process", lambda: fake.seal(records),
+               500)
         ks.close()
 
 
@@ -747,4 +793,5 @@ def test_ready_answers_once_the_key_process_serves(fake_ks):
     """Not a KeyService method (the service is not called): a listener's spare waits for it."""
     ks, _pid = fake_ks
     assert ks.ready() is None
-    assert ks.ready() is None
+    with pytest.raises(KeyProcessDied):      # once per key process: a second ends it
+        ks.ready()

@@ -339,6 +339,8 @@ def test_dash_without_systemd_socket_is_a_usage_error(pki) -> None:
 @pytest.mark.parametrize("args, message", [
     ([], b"no host and port"),
     (["-c", "0", "127.0.0.1", "1"], b"limit must be"),
+    (["-w", "0", "127.0.0.1", "1"], b"wait must be"),
+    (["-C", "x", "127.0.0.1", "1"], b"per-address limit must be"),
     (["-x", "127.0.0.1", "1"], b"unknown option -x"),
     (["127.0.0.1", "99999", "-f", "/nonexistent", "cat"], b"port must be"),
     (["127.0.0.1", "4433", "-f", "/nonexistent", "cat"], b"certfile"),
@@ -625,3 +627,75 @@ def test_connections_are_served_with_tcp_nodelay(pki) -> None:
             (serving,) = srv.network_processes()
             with _socket_of(serving, 1) as sock:
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+# --------------------------------------------------------------------------- the pool
+
+def test_silent_connections_cost_no_process_and_do_not_hold_the_door(pki) -> None:
+    """Slot exhaustion: 20 clients connect and send nothing, against a limit of 4. They wait in
+    the listener's pool (no network process, no key process for any of them) and a real
+    client is served at once. Before, the first four held every slot and the real client
+    waited for their handshake timeout (30 s)."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, listener=("-c", "4")), port) as srv:
+        wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
+        silent = [socket.create_connection(("127.0.0.1", port)) for _ in range(20)]
+        try:
+            with tls_connect(port, timeout=10) as conn:
+                assert echo(conn) == b"hello\n"
+                assert len(srv.network_processes()) == 1
+            assert srv.network_processes() == [] or wait_until(
+                lambda: not srv.network_processes(), what="the real client's end")
+            assert len(children(srv.proc.pid)) == 2, "only the spares: no silent one forked"
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_connection_without_a_record_header_is_closed_after_the_wait_unread(pki) -> None:
+    """-w 1: a client that sends 3 bytes (less than a record header) and stops is closed after
+    the wait, without a process, and its bytes were never read: the kernel resets the
+    connection because they are still queued."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, listener=("-w", "1")), port) as srv:
+        wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
+        with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+            sock.sendall(b"\x16\x03\x01")
+            with pytest.raises(ConnectionResetError):
+                sock.recv(1)
+        assert srv.network_processes() == []
+        with tls_connect(port) as conn:     # the two bytes more make it a record header
+            assert echo(conn) == b"hello\n"
+
+
+def test_per_address_limit_closes_connections_over_it(pki) -> None:
+    """-C 1: a second connection from the same address while one is served is closed (no
+    process for it); once the first has ended, the address is served again."""
+    port = free_port()
+    with Listener(listen_args(pki.ecdsa_p256.path, port, listener=("-C", "1")), port) as srv:
+        with tls_connect(port) as first:
+            assert echo(first) == b"hello\n"
+            with pytest.raises((ConnectionResetError, ssl.SSLError, OSError)):
+                with tls_connect(port, timeout=10) as second:
+                    echo(second)
+            assert len(srv.network_processes()) == 1
+
+        def served() -> bool:
+            # The first connection's process may still be exiting (and not yet reaped by the
+            # listener, which counts it until then): the address is at its limit till then.
+            try:
+                with tls_connect(port) as third:
+                    return echo(third) == b"hello\n"
+            except (ConnectionResetError, ssl.SSLError):
+                return False
+        wait_until(served, what="the address to be served again")
+
+
+def test_delayed_encryption_is_handed_over_before_the_client_speaks(pki) -> None:
+    """-n: prog speaks first (a STARTTLS banner) and the client waits for it: no record header
+    is awaited, the connection goes to a spare at once."""
+    port = free_port()
+    args = listen_args(pki.ecdsa_p256.path, port, "sh", "-c", "echo banner", tls=("-n",))
+    with Listener(args, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            assert sock.recv(64) == b"banner\n"

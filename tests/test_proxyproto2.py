@@ -34,7 +34,7 @@ def tlv(kind: int, value: bytes) -> bytes:
 
 def with_crc(header_without_crc: bytes) -> bytes:
     """Append a CRC32C TLV (section 2.2.5) and fix the length and the checksum."""
-    body = header_without_crc[16:] + tlv(0x04, b"\x00" * 4)
+    body = header_without_crc[16:] + tlv(0x03, b"\x00" * 4)
     zeroed = header_without_crc[:14] + len(body).to_bytes(2, "big") + body
     return zeroed[:-4] + crc32c(zeroed).to_bytes(4, "big")
 
@@ -49,12 +49,12 @@ GOOD = {
     "TLVs skipped": (v2(1, 0x11, inet("192.0.2.7", "198.51.100.9", 1, 2) + tlv(0x01, b"h2")
                         + tlv(0x02, b"example.com") + tlv(0xEA, b"\x01vpce-0123")
                         + tlv(0x20, b"\x07" + b"\x00" * 4 + tlv(0x21, b"TLSv1.3"))
-                        + tlv(0x04 + 0xFB, b"") + tlv(0x05, b"x" * 300)),
+                        + tlv(0xFF, b"") + tlv(0x04, b"\x00" * 9) + tlv(0x05, b"x" * 300)),
                      ProxyHeader("TCP4", "192.0.2.7", "198.51.100.9", 1, 2)),
     "CRC32C right": (with_crc(TCP4), ProxyHeader("TCP4", "192.0.2.7", "198.51.100.9",
                                                  40001, 443)),
     "UNSPEC": (v2(1, 0x00, b""), ProxyHeader("UNKNOWN")),
-    "UNSPEC with TLV": (v2(1, 0x00, tlv(0x03, b"\x00" * 4)), ProxyHeader("UNKNOWN")),
+    "UNSPEC with TLV": (v2(1, 0x00, tlv(0x04, b"\x00" * 4)), ProxyHeader("UNKNOWN")),   # NOOP
     "AF_UNIX stream": (v2(1, 0x31, b"/run/client".ljust(108, b"\x00") * 2), ProxyHeader("UNKNOWN")),
     # LOCAL: the family and the addresses are ignored (section 2.2), whatever they are.
     "LOCAL": (v2(0, 0x00, b""), ProxyHeader("LOCAL")),
@@ -80,7 +80,7 @@ BAD = {
     "TLV past the end": v2(1, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2) + b"\x01\x00\x05abcd"),
     "TLV past the end, UNSPEC": v2(1, 0x00, b"\x01\xff\xff"),
     "CRC32C wrong": with_crc(TCP4)[:-1] + bytes([with_crc(TCP4)[-1] ^ 1]),
-    "CRC32C size": v2(1, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2) + tlv(0x04, b"\x00" * 3)),
+    "CRC32C size": v2(1, 0x11, inet("1.2.3.4", "5.6.7.8", 1, 2) + tlv(0x03, b"\x00" * 3)),
     "signature typo": SIG[:5] + b"\x01" + SIG[6:] + TCP4[12:],
 }
 
@@ -215,3 +215,23 @@ def test_random_bytes_after_the_signature_never_crash(data: bytes, piece: int,
         assert isinstance(result, ProxyHeader)
         length = int.from_bytes(data[2:4], "big")
         assert len(SIG + data) - len(reader.rest) == 16 + length
+
+
+# A header haproxy 2.6 wrote (send-proxy-v2 proxy-v2-options crc32c,unique-id), captured
+# by tests/test_e2e_haproxy.py's raw server: CRC32C TLV (type 3), then the unique id (type 5).
+HAPROXY_26 = bytes.fromhex(
+    "0d0a0d0a000d0a515549540a211100447f0000017f000001c6b4978103000440"
+    "24e74b05002e37463030303030313a433642345f37463030303030313a393738"
+    "315f36423132463833415f303030303a30334430")
+
+
+def test_haproxy_header_with_crc32c_and_unique_id() -> None:
+    assert parse(HAPROXY_26) == ProxyHeader("TCP4", "127.0.0.1", "127.0.0.1", 50868, 38785)
+    at = HAPROXY_26.index(b"\x03\x00\x04") + 3
+    for bit in (0x01, 0x80):
+        broken = HAPROXY_26[:at] + bytes([HAPROXY_26[at] ^ bit]) + HAPROXY_26[at + 1:]
+        with pytest.raises(ProxyError, match="CRC32C mismatch"):
+            parse(broken)
+    # Any other byte changed (here the source port) breaks the checksum too.
+    with pytest.raises(ProxyError, match="CRC32C mismatch"):
+        parse(HAPROXY_26[:24] + b"\x00\x01" + HAPROXY_26[26:])

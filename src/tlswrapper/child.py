@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
 EXIT_FAILURE = 111       # our failure, or prog killed by a signal
+F_SETSIG = getattr(fcntl, "F_SETSIG", 10)   # Linux <fcntl.h>: the signal sent for O_ASYNC
 MAX_MESSAGE = 65536
 MAX_VALUE = 8192         # one environment value (a client DN is far shorter)
 
@@ -140,6 +141,8 @@ class Prog:
         self.ack_out = ack_out       # -n: write the zero byte prog reads on its fd 6
         self.status = status         # exit code once reaped
         self.waiter = waiter         # the child is the shell WAITER (text go-ahead, no account)
+        # arm_end_signal(): (read end owned by prog, write end), see there; None if unarmed.
+        self.end_switch: tuple[int, int] | None = None
 
     def parent_fds(self) -> tuple[int, ...]:
         """Every fd of ours tied to prog. Any other process forked from here (the key
@@ -254,12 +257,16 @@ class Prog:
                 continue
             if pid == 0:
                 return None
+            if os.WIFSIGNALED(status):
+                # As the C version, at its level (fatal: shown by default): exit 111 alone
+                # does not say that prog crashed or was killed.
+                log.fatal(f"child process killed by signal {os.WTERMSIG(status)}")
             self.status = exit_code(status)
             return self.status
 
     def close(self) -> None:
         """Close every parent-side fd still open (the relay marks the ones it closed itself
-        by setting them to -1 / None)."""
+        by setting them to -1 / None). The end switch stays (see end())."""
         for fd in self.parent_fds():
             try:
                 os.close(fd)
@@ -267,6 +274,76 @@ class Prog:
                 pass
         self.stdin = self.stdout = -1
         self.control = self.control_in = self.ack_out = None
+
+    # --- ending prog from the jail ---------------------------------------------------------
+    def arm_end_signal(self) -> None:
+        """Before our jail: make it possible to signal prog afterwards. Once jailed (another
+        uid, no capability) kill(2) on prog, which runs as root or as -u's account, fails
+        with EPERM. A pipe's read end is given prog as its owner (F_SETOWN) now: the kernel
+        records our credentials with the owner and checks those when it sends the owner the
+        pipe's SIGIO (sigio_perm), so a byte written to it later delivers the signal chosen
+        with F_SETSIG. The owner is held as prog's struct pid, which a reused pid number
+        does not match once prog is reaped, and changing it again (F_SETOWN) records the
+        jailed credentials: so this reaches prog and nothing else. Raises OSError."""
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            fcntl.fcntl(r, fcntl.F_SETOWN, self.pid)
+        except OSError:
+            os.close(r)
+            os.close(w)
+            raise
+        self.end_switch = (r, w)
+
+    def _signal(self, sig: int) -> bool:
+        """Send prog `sig` (through the end switch when armed); False if that is not
+        possible (prog reaped, or no way to reach it)."""
+        if self.status is not None:
+            return False
+        if self.end_switch is None:
+            try:
+                os.kill(self.pid, sig)
+            except OSError:
+                return False
+            return True
+        r, w = self.end_switch
+        try:
+            fcntl.fcntl(r, F_SETSIG, sig)
+            fcntl.fcntl(r, fcntl.F_SETFL, fcntl.fcntl(r, fcntl.F_GETFL) | os.O_ASYNC)
+            try:
+                os.read(r, 64)        # empty it: each write then signals afresh
+            except BlockingIOError:
+                pass
+            os.write(w, b"\0")
+        except OSError:
+            return False
+        return True
+
+    def end(self, grace: float) -> int:
+        """prog must go (the connection is over without it): its stdin and stdout closed
+        (it sees end of file, its writes fail), then SIGTERM if it has not exited after
+        `grace` seconds, SIGKILL after another `grace`. Returns its exit code (111 if it
+        could not be ended; it is then left to init)."""
+        self.close()
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            code = self.wait(timeout=grace)
+            if code is not None:
+                break
+            if not self._signal(sig):
+                code = self.wait(timeout=grace)
+                break
+        else:
+            code = self.wait(timeout=grace)
+        self.disarm()
+        return EXIT_FAILURE if code is None else code
+
+    def disarm(self) -> None:
+        if self.end_switch is not None:
+            for fd in self.end_switch:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self.end_switch = None
 
 
 def start_prog(argv: Sequence[str], *, user: str | None = None, user_from_cert: bool = False,

@@ -117,7 +117,9 @@ def _fixed_note(given: str, fixed: str) -> str:
 
 
 def _check_file(kind: str, given: str, add_word: str) -> None:
-    """A certfile or anchor file must exist, be a regular file and be readable by us."""
+    """A certfile or anchor file must exist, be a regular file and be readable by us. Never
+    blocks: a FIFO (or a device) is refused by its type, and the file is opened O_NONBLOCK
+    in case it is swapped for one in between."""
     path = fixpath(given)
     note = _fixed_note(given, path)
     try:
@@ -125,14 +127,22 @@ def _check_file(kind: str, given: str, add_word: str) -> None:
     except OSError as e:
         reason = f"{log.oserror_text(e)}{note}"
         raise OptionError(f"unable to {add_word} {kind} '{path}' ({reason})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise OptionError(f"unable to add {kind} '{path}' (is a directory)")
+    if not stat.S_ISREG(st.st_mode):
+        # The C version's words (a directory included).
+        raise OptionError(f"unable to add {kind} '{path}' (not a regular file)")
     try:
         # Opened for real: os.access would answer for the real uid, not the effective one.
-        with open(path, "rb") as f:
-            f.read(1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError as e:
         raise OptionError(f"unable to open {kind} '{path}' ({log.oserror_text(e)}{note})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OptionError(f"unable to add {kind} '{path}' (not a regular file)")
+        os.read(fd, 1)
+    except OSError as e:
+        raise OptionError(f"unable to read {kind} '{path}' ({log.oserror_text(e)}{note})") from None
+    finally:
+        os.close(fd)
 
 
 def _check_dir(given: str) -> None:

@@ -169,10 +169,21 @@ def account_name(client: ClientIdentity, field: str) -> str | None:
 
 # --- the verifier -----------------------------------------------------------------------------
 
+def _ca_key_usage(_policy: object, _cert: x509.Certificate,
+                  key_usage: x509.ExtensionType | None) -> None:
+    """A CA's keyUsage, when it has one, must allow keyCertSign (RFC 5280 4.2.1.3); a CA
+    without the extension may sign certificates, as in BearSSL and OpenSSL."""
+    if isinstance(key_usage, x509.KeyUsage) and not key_usage.key_cert_sign:
+        raise ValueError("CA keyUsage does not allow keyCertSign")
+
+
 class ClientCertificates:
-    """The -a policy: a client chain must lead to one of `anchors` (cryptography's WebPKI client
-    policy, with the subjectAltName made optional: client certificates from private CAs seldom
-    have one, and BearSSL, which the C version uses, does not ask for it)."""
+    """The -a policy: a client chain must lead to one of `anchors`: cryptography's WebPKI client
+    policy, relaxed where private CAs differ from the web's and BearSSL (which the C version
+    uses) and OpenSSL accept them: a leaf needs no subjectAltName and no
+    authorityKeyIdentifier (client certificates from private CAs often have neither), and a
+    CA needs no keyUsage (what `openssl req -x509` makes with Debian's configuration), but when
+    it has one it must allow keyCertSign (_ca_key_usage)."""
 
     def __init__(self, anchors: Sequence[x509.Certificate],
                  clock: Callable[[], datetime.datetime] = _now) -> None:
@@ -182,8 +193,10 @@ class ClientCertificates:
         self._store = Store(self._anchors)
         self._clock = clock
         self._ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
-            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-        self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
+            x509.SubjectAlternativeName, Criticality.AGNOSTIC, None).may_be_present(
+            x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
+        self._ca_policy = ExtensionPolicy.webpki_defaults_ca().may_be_present(
+            x509.KeyUsage, Criticality.AGNOSTIC, _ca_key_usage)
         names: list[bytes] = []
         size = 0
         for cert in self._anchors:

@@ -58,13 +58,11 @@ try:
 except (ValueError, OSError):
     _IOV_MAX = 1024
 
-# The KeyService methods that may be called over the pipe, in opcode order. Appending is
-# compatible; reordering is not (both processes come from the same code, so it only matters
-# for readability of traces).
+# The calls that may be made over the pipe: those the engine (and the listener's spare, for
+# ready) make in production, and no other (keys/service.py; no raw sign, key_share or
+# derive13_*). Both processes come from the same code, so the numbering is theirs alone.
 METHODS: tuple[str, ...] = (
-    "load", "select", "sign", "key_share",
-    "derive12", "finished12",
-    "derive13_handshake", "finished13", "derive13_application", "key_update",
+    "load", "select", "derive12", "finished12", "finished13", "key_update",
     "activate", "seal", "open", "read_anchor",
     "server_flight13", "server_key_exchange12", "seal_finished12", "derive12_finished",
     "ready",
@@ -294,8 +292,11 @@ class FrameReader:
     # page fault in a freshly forked process; bulk batches grow it to their size once.
     _INITIAL = 8 * 1024
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, limits: dict[int, int] | None = None) -> None:
         self.fd = fd
+        # Largest body per opcode (the key process's request limits); an opcode not in it,
+        # or a body over its limit, is refused from the header, before the body is read.
+        self._limits = limits
         self._buf = bytearray(self._INITIAL)
         self._view = memoryview(self._buf)
         self._start = 0   # first unconsumed byte
@@ -332,7 +333,9 @@ class FrameReader:
         have = self._end - self._start
         if have < HEADER_SIZE:
             return False
-        n = HEADER.unpack_from(self._view, self._start)[0]
+        n, opcode = HEADER.unpack_from(self._view, self._start)
+        if self._limits is not None and n > self._limits.get(opcode, -1):
+            return True
         return n > MAX_FRAME or have - HEADER_SIZE >= n
 
     def read(self) -> tuple[int, Value] | None:
@@ -344,6 +347,8 @@ class FrameReader:
         n, opcode = HEADER.unpack_from(self._view, self._start)
         if n > MAX_FRAME:
             raise IpcError("frame too large")
+        if self._limits is not None and n > self._limits.get(opcode, -1):
+            raise IpcError(f"frame of {n} bytes over the limit of opcode {opcode}")
         self._fill(HEADER_SIZE + n)
         body_start = self._start + HEADER_SIZE
         self._start = body_start + n

@@ -15,6 +15,8 @@ import time
 
 from tlswrapper import ipc
 from tlswrapper.keys import service as key_service
+from tlswrapper.keys.files import KeyFiles
+from tlswrapper.keys.order import CallOrder
 from tlswrapper.tls import suites
 from tlswrapper.tls.secrets import Candidate, KeyRefused, KeyServiceError, Unusable
 
@@ -179,8 +181,8 @@ class PipeKeyService:
     def load(self, paths: Sequence[str]) -> list[Candidate | Unusable]:
         return self._check("load", self._call("load", (list(paths),)), _candidates)
 
-    def read_anchor(self, path: str) -> bytes:
-        return self._check("read_anchor", self._call("read_anchor", (path,)), _bytes)
+    def read_anchor(self) -> bytes:
+        return self._check("read_anchor", self._call("read_anchor", ()), _bytes)
 
     def ready(self) -> None:
         """Wait until the key process serves requests (its start-up and warm-up are over).
@@ -190,12 +192,6 @@ class PipeKeyService:
     def select(self, index: int) -> None:
         # Deferred: it goes with the server flight call that signs (one round trip fewer).
         self._defer("select", (index,))
-
-    def sign(self, scheme: int, data: bytes) -> bytes:
-        return self._check("sign", self._call("sign", (scheme, data)), _bytes)
-
-    def key_share(self, group: int, peer_share: bytes | None = None) -> bytes:
-        return self._check("key_share", self._call("key_share", (group, peer_share)), _bytes)
 
     def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
                               server_random: bytes) -> tuple[bytes, bytes]:
@@ -235,17 +231,9 @@ class PipeKeyService:
         return self._check("finished12", self._call("finished12", (sender, handshake_hash)),
                            _bytes)
 
-    def derive13_handshake(self, suite: int, transcript_hash: bytes) -> None:
-        self._check("derive13_handshake",
-                    self._call("derive13_handshake", (suite, transcript_hash)), _none)
-
     def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
         return self._check("finished13", self._call("finished13", (sender, transcript_hash)),
                            _bytes)
-
-    def derive13_application(self, transcript_hash: bytes) -> None:
-        self._check("derive13_application",
-                    self._call("derive13_application", (transcript_hash,)), _none)
 
     def key_update(self, direction: int) -> None:
         self._defer("key_update", (direction,))
@@ -286,6 +274,10 @@ class PipeKeyService:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+                except PermissionError:
+                    # Jailed, we cannot signal it (another uid); it has our end of file and
+                    # ends by itself (_watch_request_pipe): init reaps it. Never a hang here.
+                    return None
                 return os.waitpid(pid, 0)[1]
             time.sleep(0.002)
 
@@ -397,8 +389,8 @@ def _unwatch_request_pipe(rfd: int) -> None:
         os._exit(EXIT_OK)
 
 
-def _key_process_main(rfd: int, wfd: int, parent: int,
-                      factory: Callable[[Callable[[], None]], Any],
+def _key_process_main(rfd: int, wfd: int, parent: int, files: KeyFiles,
+                      factory: Callable[[Callable[[], None] | None, KeyFiles], Any],
                       jail: Callable[[], None] | None,
                       log: Callable[[str], None] | None) -> int:
     """Runs in the forked child; returns its exit status."""
@@ -432,10 +424,10 @@ def _key_process_main(rfd: int, wfd: int, parent: int,
             if os.getppid() != parent:
                 os._exit(EXIT_FATAL)
 
-    service = factory(rearming_jail)
+    service = factory(rearming_jail, files)
     _unwatch_request_pipe(rfd)
     try:
-        key_service.serve(rfd, wfd, service, log)
+        key_service.serve(rfd, wfd, service, CallOrder(files.anchor is not None), log)
     except ipc.IpcError as e:
         if log is not None:
             log(f"tlswrapper: warning: key process: bad request: {e}")
@@ -445,22 +437,26 @@ def _key_process_main(rfd: int, wfd: int, parent: int,
     return EXIT_OK
 
 
-def _local_factory(jail: Callable[[], None] | None) -> Any:
+def _local_factory(jail: Callable[[], None] | None, files: KeyFiles) -> Any:
     # Imported here: in the key process after fork (so the network process does not pay for
     # importing cryptography), before the jail; a parent that imported it already (the
     # built-in listener) makes this free.
     from tlswrapper.keys.local import LocalKeyService
-    return LocalKeyService(jail=jail)
+    return LocalKeyService(jail=jail, files=files)
 
 
-def start_key_process(jail: Callable[[], None] | None,
-                      factory: Callable[[Callable[[], None] | None], Any] | None = None,
+def start_key_process(jail: Callable[[], None] | None, files: KeyFiles,
+                      factory: Callable[[Callable[[], None] | None, KeyFiles], Any]
+                      | None = None,
                       log: Callable[[str], None] | None = key_service._stderr_log,
                       ) -> tuple[PipeKeyService, int]:
     """Fork the key process and return (its PipeKeyService, its pid). The key process runs
-    `factory(jail)` (default: LocalKeyService(jail=jail)) and serves it until EOF on its
-    request pipe; it never returns into the caller's code. `log` receives its one-line
-    warnings (None: silent). The caller reaps it (PipeKeyService.close does)."""
+    `factory(jail, files)` (default: LocalKeyService(jail=jail, files=files)) and serves it
+    until EOF on its request pipe, in handshake order (keys/order.py); it never returns into
+    the caller's code. `files` is the configuration the key process derives every file it
+    opens from (keys/files.py): it knows it from its own memory, not from the pipe. `log`
+    receives its one-line warnings (None: silent). The caller reaps it (PipeKeyService.close
+    does)."""
     if factory is None:
         factory = _local_factory
     req_r, req_w = (_high_fd(fd) for fd in os.pipe())
@@ -481,7 +477,7 @@ def start_key_process(jail: Callable[[], None] | None,
         try:
             os.close(req_w)
             os.close(ans_r)
-            status = _key_process_main(req_r, ans_w, parent, factory, jail, log)
+            status = _key_process_main(req_r, ans_w, parent, files, factory, jail, log)
         except BaseException as e:   # whatever happens, never unwind into the caller
             if log is not None:
                 try:

@@ -1,6 +1,8 @@
-"""The logger: one `name: level: [client: ]message` line per os.write(2, ...) on stderr.
+"""The logger: one `name: level: [client: ]message` line per os.write(2, ...) on stderr, or
+per datagram to syslog when stderr is the client's own socket (inetd).
 
-Rule: logging never raises, never blocks on a lock, never lets a client's bytes forge a line.
+Rule: logging never raises, never blocks on a lock, never lets a client's bytes forge a line,
+and never writes into the client's connection.
 """
 
 from __future__ import annotations
@@ -25,6 +27,18 @@ _name = "tlswrapper"
 _verbosity = DEFAULT
 _prefix: str | None = None
 
+# Syslog instead of stderr (see avoid_client_socket): the connected /dev/log socket (-1: none,
+# lines are dropped) and the process that connected it. A forked process (the key process,
+# prog's child) closes its copy and may reuse the number for another file: it must not write
+# there, so only the connecting process sends.
+SYSLOG_PATH = "/dev/log"
+SYSLOG_FACILITY = 3          # daemon
+_syslog = False
+_syslog_fd = -1
+_syslog_pid = 0
+# RFC 3164 / syslog(3) severities for our labels.
+_SEVERITY = {"fatal": 3, "error": 3, "warning": 4, "info": 6, "debug": 7, "tracing": 7}
+
 # Bytes that are printed as themselves; everything else becomes \xNN so that a newline or a
 # terminal escape sent by a client cannot start a fake log line or rewrite the terminal.
 _PRINTABLE = frozenset(range(0x20, 0x7F)) - {ord("\\")}
@@ -37,6 +51,62 @@ def setup(name: str | None = None, verbosity: int | None = None) -> None:
         _name = name
     if verbosity is not None:
         _verbosity = max(QUIET, min(MAX_VERBOSITY, verbosity))
+
+
+def avoid_client_socket() -> bool:
+    """inetd (`nowait`) hands the connection on fd 0, 1 and 2 alike: a log line written to fd 2
+    would go to the client in cleartext, in the middle of its TLS stream (and tell it our
+    certificate paths). When fd 2 is the same socket as fd 0 or fd 1, fd 2 becomes /dev/null
+    (for us, the key process and prog, which would write there too) and the log goes to
+    syslog, facility daemon, through a socket connected now, before any jail. True if so."""
+    global _syslog, _syslog_fd, _syslog_pid
+    try:
+        err = os.fstat(2)
+    except OSError:
+        return False
+    if err.st_mode & 0o170000 != 0o140000:      # S_ISSOCK, without importing stat
+        return False
+    same = False
+    for fd in (0, 1):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        same = same or (st.st_dev, st.st_ino) == (err.st_dev, err.st_ino)
+    if not same:
+        return False
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        os.close(2)
+    _syslog, _syslog_pid = True, os.getpid()
+    import socket   # only under inetd; tcpserver mode does not pay for it here
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    except OSError:
+        return True
+    try:
+        sock.connect(SYSLOG_PATH)
+        sock.setblocking(False)     # a full syslog queue drops our line, never blocks us
+        _syslog_fd = sock.detach()
+    except OSError:
+        sock.close()                # no syslog daemon: the lines are dropped
+    return True
+
+
+def _to_syslog(label: str, line: bytes) -> None:
+    if _syslog_fd < 0 or os.getpid() != _syslog_pid:
+        return
+    pri = SYSLOG_FACILITY * 8 + _SEVERITY.get(label, 6)
+    head = f"<{pri}>{_name}[{_syslog_pid}]: ".encode("ascii")
+    name = _name.encode("ascii") + b": "
+    # The line without our program name (the syslog tag carries it).
+    try:
+        os.write(_syslog_fd, head + (line[len(name):] if line.startswith(name) else line))
+    except OSError:
+        pass
 
 
 def set_prefix(prefix: str | None) -> None:
@@ -78,6 +148,9 @@ def _emit(level: int, label: str, message: str) -> None:
     line = f"{_name}: {label}: {prefix}{escape(message)}".encode("ascii")
     if len(line) > MAX_LINE:
         line = line[:MAX_LINE - 3] + b"..."
+    if _syslog:
+        _to_syslog(label, line)
+        return
     data = line + b"\n"
     # One write per line so that lines of concurrent processes sharing stderr do not mix
     # (a pipe write of <= PIPE_BUF bytes is atomic). Errors are dropped: a closed or full

@@ -72,6 +72,7 @@ def run_main(name: str, usage: str, parse: Callable[[list[str]], object],
     code = EXIT_FAILURE
     try:
         log.setup(name=name, verbosity=log.DEFAULT)
+        log.avoid_client_socket()     # inetd: fd 2 is the client's socket
         args = list(sys.argv[1:] if argv is None else argv)
         try:
             options = parse(args)

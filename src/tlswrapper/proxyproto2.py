@@ -36,7 +36,7 @@ FAMILIES = {
     0x21: ("TCP6", 36),          # INET6, STREAM: src, dst (16 each), ports
     0x31: ("UNKNOWN", 216),      # UNIX, STREAM
 }
-PP2_TYPE_CRC32C = 0x04
+PP2_TYPE_CRC32C = 0x03             # section 2.2.5 (0x04 is PP2_TYPE_NOOP)
 TLV_HEADER = 3
 _MAPPED_PREFIX = b"\x00" * 10 + b"\xff\xff"
 

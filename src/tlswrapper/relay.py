@@ -18,17 +18,24 @@ import time
 
 from . import certfiles, child, jail, log, proxyproto, sslenv
 from .keyclient import KeyProcessDied, start_key_process
+from .keys.files import KeyFiles
 from .sslenv import ClientIdentity
 from .tls import suites
 from .tls.events import (AlertReceived, ApplicationData, CertificateRefused,
                          ClientHelloReceived, ConnectionFailed, HandshakeComplete, PeerClosed)
-from .tls.secrets import KeyServiceError
+from .tls.secrets import KeyServiceError, Unusable
 from .tls.server import ServerConnection
 
 EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
+FLUSH_GRACE = 0.5          # at the end: how long the last alert waits for a non-reading client
+FLUSH_LIMIT = 1 << 16      # at the end: at most this much of what is queued is still sent
+PROG_GRACE = 2.0           # prog's time to end on its end of file after a failure, per signal
+# prog closed its stdout: how long the client's bytes already read may take to reach prog
+# before its stdin is closed anyway (the C version ends such a connection in under 4 s).
+STDIN_CLOSE_GRACE = 2.0
 TLS_HANDSHAKE_RECORD = 0x16
 TCP_QUICKACK = getattr(socket, "TCP_QUICKACK", 12)   # Linux: <netinet/tcp.h>
 
@@ -81,6 +88,7 @@ class Relay:
         self.client_ended = False     # no more bytes from the client
         self.client_gone = False      # the client cannot take our bytes any more
         self.prog_out_ended = False   # prog closed its stdout
+        self.stdin_close_by = 0.0     # then prog's stdin is closed by this time at the latest
         self.prog_in_closed = False
         self.out_shut = False         # our write side to the client is shut
         self.started = False          # prog was told to run
@@ -95,11 +103,13 @@ class Relay:
         self.held_since = 0.0
         self.tls_up = False           # the handshake completed
         self.handshake_deadline = 0.0
-        # -n: client cleartext received before the switch that prog has not read yet. It
-        # must reach prog before the zero byte on fd 6, and the first TLS byte after it.
+        # -n: client cleartext received before the switch and not yet written to prog's
+        # stdin. All of it reaches prog before the zero byte on fd 6 (the ack).
         self.cleartext_left = 0
-        self.ack_due = False
+        self.ack_due = False          # -n: prog asked for TLS; the ack is not written yet
+        self.refused = False          # -n: the switch was refused (exit 111)
         self.quick_acks = True        # quick-ACK after each handshake flight (_quick_ack)
+        self.key_process_died: str | None = None   # why, when the key process failed us
 
     # ------------------------------------------------------------------ events
     def _handle(self, events: list) -> None:
@@ -135,6 +145,7 @@ class Relay:
                 ",".join(f"{s:04x}" for s in hello.signature_schemes)))
         paths = certfiles.candidate_paths(self.options.certs, hello.sni)
         candidates = self.keys.load(paths) if paths else []
+        named = []
         for path, cand in zip(paths, candidates):
             reason = getattr(cand, "reason", None)
             if reason is not None:
@@ -142,18 +153,20 @@ class Relay:
                     log.debug(f"{path}: file does not exist")
                 else:
                     log.warning(f"{path}: {reason}")
-        return self.conn.choose_certificate(candidates)
+                if not reason.startswith(path):
+                    # The engine's "no usable certificate (...)" line names each file, as
+                    # the C version's PEM errors do.
+                    cand = Unusable(f"{path}: {reason}", getattr(cand, "missing", False))
+            named.append(cand)
+        return self.conn.choose_certificate(named + list(candidates[len(paths):]))
 
     def _handshake_complete(self, done: HandshakeComplete) -> None:
         log.info(f"handshake: {done.version_name} {done.cipher} {done.group} "
                  f"sni={done.sni or '-'}")
         self.tls_up = True
         if self.started:
-            # -n: prog runs already (so it cannot be given the SSL_* variables); tell it
-            # that from now on its stdin and stdout are inside TLS, once it has read the
-            # cleartext that came before the switch.
-            self.ack_due = True
-            self._maybe_ack()
+            # -n: prog runs already (so it cannot be given the SSL_* variables) and has had
+            # its ack at the switch: its stdin and stdout are now inside TLS.
             return
         env = dict(self.env)
         env.update(tls_environment(done))
@@ -216,6 +229,9 @@ class Relay:
             if rest is None:
                 return
             data = rest
+        if self.ack_due:
+            self.held += data      # -n: the ClientHello, for the engine once the ack is out
+            return
         if self.cleartext:
             if not data:
                 return
@@ -291,7 +307,12 @@ class Relay:
 
     def _write_prog(self) -> None:
         # -n: nothing from inside TLS goes to prog before the acknowledgement on fd 6.
-        data = self.to_prog[:self.cleartext_left] if self.cleartext_left else self.to_prog
+        if self.cleartext_left:
+            data = self.to_prog[:self.cleartext_left]
+        elif self.ack_due or self.refused:
+            return
+        else:
+            data = self.to_prog
         try:
             n = os.write(self.prog.stdin, data)
         except BlockingIOError:
@@ -309,14 +330,51 @@ class Relay:
             self._maybe_ack()
 
     def _maybe_ack(self) -> None:
+        """-n: the ack, as the C version: before the handshake, as soon as the cleartext the
+        client sent before the switch has been relayed. Relayed means read by prog, not only
+        written to its stdin pipe: prog reads two pipes, and only then does the zero byte on
+        fd 6 mark the boundary exactly (every stdin byte before it is cleartext, every one
+        after it from inside TLS), so that prog can drop pipelined cleartext (the STARTTLS
+        command injection, CVE-2011-0411) without dropping TLS data. When the client sent
+        nothing after its STARTTLS line (the usual case) that is at once."""
         if not self.ack_due or self.cleartext_left:
             return
-        # The cleartext is in prog's stdin pipe, but prog reads two pipes: only once it has
-        # read all of it does the zero byte on fd 6 mark the boundary without a race.
         if not self.prog_in_closed and _unread(self.prog.stdin) > 0:
             return   # checked again on the next round of the loop
         self.ack_due = False
-        self._send_ack()
+        if not self._send_ack():
+            return
+        # The client's bytes held since the switch are its ClientHello: the handshake starts.
+        if self.held:
+            data, self.held = bytes(self.held), bytearray()
+            self._handle(self.conn.receive(data))
+            self.to_client += self.conn.outgoing()
+
+    def _refuse_switch(self, reason: str) -> None:
+        """-n: prog broke the fd 5/6 protocol; as the C version: a log line and exit 111."""
+        log.fatal(f"delayed encryption refused: {reason}")
+        self.refused = True
+        self.failed = True
+
+    def _end_prog_input(self) -> None:
+        """prog closed its stdout and its close_notify is out: as the C version, prog's stdin
+        is closed too (what the client still sends is not read), so that a prog waiting for
+        input ends and the connection with it, instead of holding two processes until the
+        network timeout. What was read from the client before goes to prog first, within
+        STDIN_CLOSE_GRACE."""
+        if self.prog_in_closed:
+            return
+        now = time.monotonic()
+        if not self.stdin_close_by:
+            self.stdin_close_by = now + STDIN_CLOSE_GRACE
+        if self.to_prog and now < self.stdin_close_by:
+            return
+        if self.to_prog:
+            log.debug(f"prog closed its stdout: {len(self.to_prog)} bytes from the client "
+                      f"not delivered")
+            self.to_prog.clear()
+            self.cleartext_left = 0
+        self._close_prog_stdin()
 
     def _close_prog_stdin(self) -> None:
         if not self.prog_in_closed:
@@ -393,9 +451,14 @@ class Relay:
         except OSError:
             byte = b""
         if not byte:
-            log.debug("prog closed fd 5: the connection stays in cleartext")
+            if self.cleartext:
+                log.debug("prog closed fd 5: the connection stays in cleartext")
             os.close(fd)
             self.prog.control_in = None
+            return
+        if not self.cleartext:
+            # fd 5 is read until prog closes it: a second byte is refused, not ignored.
+            self._refuse_switch(f"prog wrote a second byte ({byte[0]:#04x}) on fd 5")
             return
         if byte != b"\0":
             log.error(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
@@ -425,27 +488,40 @@ class Relay:
         self.cleartext_left = len(self.to_prog)
         self.handshake_deadline = time.monotonic() + self.options.handshake_timeout
         log.debug("delayed encryption: prog asked for TLS, starting the handshake")
-        # Bytes the client sent from here on are TLS; those held back already are too.
-        if self.held:
-            data, self.held = bytes(self.held), bytearray()
-            self._handle(self.conn.receive(data))
-            self.to_client += self.conn.outgoing()
+        # Bytes the client sent from here on are TLS; those held back already are too. They
+        # reach the engine once the ack is out (_maybe_ack): a refused switch sends nothing.
+        self.ack_due = True
+        self._maybe_ack()
 
-    def _send_ack(self) -> None:
-        """-n: the zero byte on prog's fd 6 after the handshake (one byte into an empty
-        pipe: it cannot block)."""
+    def _send_ack(self) -> bool:
+        """-n: the zero byte on prog's fd 6 (one byte into an empty pipe: it cannot block).
+        False when prog has closed fd 6: the switch is refused."""
         fd, self.prog.ack_out = self.prog.ack_out, None
         if fd is None:
-            return
+            self._refuse_switch("fd 6 is closed")
+            return False
         try:
             os.write(fd, b"\0")
         except OSError as e:
-            log.debug(f"unable to write the acknowledgement to prog ({log.oserror_text(e)})")
+            self._refuse_switch(f"unable to write the acknowledgement to fd 6 "
+                                f"({log.oserror_text(e)}: prog closed it)")
+            return False
         finally:
             os.close(fd)
+        return True
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> int:
+        try:
+            self._loop()
+        except KeyProcessDied as e:
+            # Nothing can be sealed or opened any more, not even an alert: the connection
+            # ends here, and prog with it (_finish).
+            self.failed = True
+            self.key_process_died = str(e)
+        return self._finish()
+
+    def _loop(self) -> None:
         # select(), not poll(): in the jail RLIMIT_NOFILE is 0, and Linux refuses a poll()
         # over more descriptors than that limit (EINVAL); select() has no such check.
         opts = self.options
@@ -461,6 +537,10 @@ class Relay:
         if self.cleartext and self.proxy is None:
             self._start_cleartext()
         while True:
+            if self.ack_due:
+                # -n: before the lists are made: the ack feeds the held ClientHello to the
+                # engine, whose answer must be in to_client when the writers are chosen.
+                self._maybe_ack()
             if self.failed or self.client_gone:
                 break
             handshaking = self.proxy is not None or not (self.cleartext or self.tls_up)
@@ -468,25 +548,29 @@ class Relay:
                 self._close_prog_stdin()
             if self.prog_out_ended and not self.to_client:
                 self._shut_client_output()
+                self._end_prog_input()
                 if self.client_ended or self.prog.poll() is not None:
                     break
             if handshaking and self.client_ended:
                 break
             readers = []
             writers = []
-            if not self.client_ended and len(self.to_prog) + len(self.held) < BUFFER_LIMIT:
+            # Not while too much waits for either side: for prog, or for the client, since
+            # what it sends makes output too (KeyUpdate answers, alerts), and a client that
+            # never reads would otherwise grow this process without bound.
+            if not self.client_ended and not self.prog_out_ended \
+                    and len(self.to_prog) + len(self.held) < BUFFER_LIMIT \
+                    and len(self.to_client) < BUFFER_LIMIT:
                 readers.append(self.client_in)
             if self.started and (self.cleartext or self.tls_up) and not self.prog_out_ended \
                     and len(self.to_client) < BUFFER_LIMIT:
                 readers.append(self.prog.stdout)
-            if self.cleartext and self.started and self.prog.control_in is not None:
-                readers.append(self.prog.control_in)
+            if self.started and self.prog.control_in is not None:
+                readers.append(self.prog.control_in)      # -n: also after the switch
             if self.to_client and not self.out_shut:
                 writers.append(self.client_out)
-            if self.ack_due:
-                self._maybe_ack()
             if self.to_prog and not self.prog_in_closed \
-                    and not (self.ack_due and not self.cleartext_left):
+                    and (self.cleartext_left or not self.ack_due):
                 writers.append(self.prog.stdin)
             now = time.monotonic()
             if self.held and self.cleartext and now >= self.held_since + HOLD_GRACE:
@@ -537,42 +621,88 @@ class Relay:
                 self._read_prog()
             if self.prog.stdin in can_write and self.to_prog:
                 self._write_prog()
-        return self._finish()
 
-    def _close_keys(self) -> None:
+    def _close_keys(self) -> int | None:
         """The key process sees end of file and exits: reap it (else it is left to init, and
-        its CPU time is counted nowhere under tcpserver or the listener)."""
+        its CPU time is counted nowhere under tcpserver or the listener). Its wait status,
+        or None."""
         try:
-            self.keys.close()
+            return self.keys.close()
         except (OSError, KeyProcessDied):
+            return None
+
+    def _flush_client(self) -> None:
+        """Best effort: the alert or close_notify still queued goes out, waiting at most
+        FLUSH_GRACE for a client that does not read (never a hang past it)."""
+        if not self.to_client or self.client_gone or self.out_shut:
+            return
+        data = memoryview(self.to_client)[:FLUSH_LIMIT]
+        deadline = time.monotonic() + FLUSH_GRACE
+        try:
+            while data:
+                try:
+                    data = data[os.write(self.client_out, data):]
+                    continue
+                except BlockingIOError:
+                    pass
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                select.select([], [self.client_out], [], left)
+        except (OSError, InterruptedError):
             pass
+        finally:
+            data.release()
+
+    def _key_process_failure(self) -> None:
+        """One line that says what became of the key process (killed, exited) and of the
+        connection, instead of a bare pipe error."""
+        status = self._close_keys()
+        if status is None:
+            how = "stopped answering"
+        elif os.WIFSIGNALED(status):
+            how = f"was killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with status {os.WEXITSTATUS(status)}"
+        ending = "; ending prog" if self.started else ""
+        log.fatal(f"key process {how} ({self.key_process_died}): connection closed{ending}")
 
     def _finish(self) -> int:
+        self._flush_client()
         if self.client_sock is not None:
-            # fd 1 stays open until the process exits; the wrapper must not close it.
-            self.client_sock.detach()
+            self.client_sock.detach()     # the descriptor is closed below, not by the wrapper
             self.client_sock = None
-        # Best effort: the alert or close_notify still queued goes out, without waiting long.
-        if self.to_client and not self.client_gone and not self.out_shut:
+        # The connection is closed now (after a fatal alert: right after it), not once prog
+        # and the key process are gone: a strict peer waits for the close, and tcpserver's
+        # or the listener's slot is freed sooner. Closed, not shut down: as at our exit, the
+        # kernel answers with a reset if client bytes are left unread.
+        for fd in {self.client_in, self.client_out}:
             try:
-                fcntl.fcntl(self.client_out, fcntl.F_SETFL,
-                            fcntl.fcntl(self.client_out, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-                os.write(self.client_out, self.to_client[:1 << 16])
+                os.close(fd)
             except OSError:
                 pass
+        self.client_gone = self.out_shut = True
         self._close_prog_stdin()
         self.prog.close_stdout()
+        if self.key_process_died is not None:
+            self._key_process_failure()
         if not self.started:
             self.prog.abort()
             self.prog.wait()
+            self.prog.disarm()
             self._close_keys()
             return EXIT_FATAL
         self.prog.close()   # -n: fd 5 and 6 too, so that a prog awaiting the ack sees EOF
-        status = self.prog.wait(timeout=self.options.timeout)
+        # After a failure nothing more reaches prog or comes from it: it has PROG_GRACE to
+        # end on its end of file, then it is ended. Else it has the network timeout.
+        status = self.prog.wait(timeout=PROG_GRACE if self.failed else self.options.timeout)
+        if status is None:
+            status = self.prog.end(PROG_GRACE)
+        self.prog.disarm()
         self._close_keys()
-        if self.failed and status is None:
+        if self.refused or self.key_process_died is not None:
             return EXIT_FATAL
-        return EXIT_FATAL if status is None else status
+        return status
 
 
 class _KeyProcessJail:
@@ -614,7 +744,10 @@ class Prepared:
         self.account = jail.lookup_account(options.jail_user) if options.jail_user else None
         self.jail_dir = options.jail_dir
         # An OSError here becomes StartError in prepare(), as every other start failure.
-        self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir))
+        # The key process knows the -f/-d/-a files from these options (its own copy, taken
+        # at fork): it opens only what they lead to, whatever the pipe asks (MUST 6).
+        self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir),
+                                                KeyFiles.from_options(options))
         self.anchor_pem = None
         self.prog: child.Prog | None = None
         try:
@@ -623,12 +756,14 @@ class Prepared:
                 # parse it after our own jail, as the C version does. clientcert
                 # (cryptography's X.509) is imported now: nothing can be loaded in the jail.
                 from . import clientcert  # noqa: F401
-                self.anchor_pem = self.keys.read_anchor(options.anchor_path)
+                self.anchor_pem = self.keys.read_anchor()
             self.prog = child.start_prog(options.prog, user=options.user,
                                          user_from_cert=options.user_from_cert is not None,
                                          delayed_encryption=options.delayed_encryption)
             # prog has its copies of what we inherited (`prog 9>log`); we need none of them.
             child.drop_inherited()
+            # While we may: once jailed, only this lets us end prog (Relay._finish).
+            self.prog.arm_end_signal()
         except (OSError, child.ChildError) as e:
             self.keys.close()
             raise StartError(f"unable to start: {e}") from None
@@ -686,12 +821,7 @@ class Prepared:
                 prog.abort()
                 return EXIT_FATAL
             relay.conn = ServerConnection(verifier.server_config(self.config), self.keys)
-        try:
-            return relay.run()
-        except KeyProcessDied as e:
-            log.fatal(f"key process: {e}")
-            prog.abort()
-            return EXIT_FATAL
+        return relay.run()      # a dead key process included (Relay.run, _finish)
 
 
 def prepare(options) -> Prepared:

@@ -45,10 +45,17 @@ DEFAULT_IO_TIMEOUT = 15           # -T
 CONTROL_FD = child.CONTROL_FD     # 5: we write the zero byte here
 ACK_FD = child.ACK_FD             # 6: tlswrapper answers with a zero byte here
 
-# RFC 5321 4.5.3.1: a command line is at most 512 octets and a text line 1000, CRLF included;
-# extensions (SIZE=, AUTH=, SMTPUTF8 addresses) may make commands longer, so commands get the
-# text-line limit. A server reply line gets the same; a reply at most MAX_REPLY_LINES lines.
-MAX_LINE = 1000
+# The C version's limits (20260501), each answered as RFC 5321 4.5.3.1 has it: a command line
+# up to MAX_LINE bytes, CRLF included (RFC 5321's 512 is a minimum a server must accept:
+# extensions such as SIZE=, AUTH= and SMTPUTF8 addresses make commands longer), else 500; a
+# MAIL FROM or RCPT TO address up to MAX_ADDRESS, else 501 (4.5.3.1.10, path too long); at most
+# MAX_RECIPIENTS recipients and MAX_RECIPIENT_BYTES of their addresses per transaction, else
+# 452 (4.5.3.1.10: too many recipients, the client sends the rest in another transaction).
+# A server reply line gets MAX_LINE too; a reply at most MAX_REPLY_LINES lines.
+MAX_LINE = 4096
+MAX_ADDRESS = 2048
+MAX_RECIPIENTS = 256
+MAX_RECIPIENT_BYTES = 64 * 1024
 MAX_REPLY_LINES = 100
 READ_SIZE = 1 << 16
 BODY_BUFFER = 1 << 18             # DATA body bytes waiting for the server, at most
@@ -204,6 +211,9 @@ class Session:
         self.helo = ""
         self.sender = ""
         self.instance = ""
+        self.recipients = 0              # accepted in this transaction (MAX_RECIPIENTS)
+        self.recipient_bytes = 0         # their addresses' bytes (MAX_RECIPIENT_BYTES)
+        self.quit = False                # the client said QUIT (else exit 111, as the C version)
         self.deadline = time.monotonic() + options.session_timeout
 
     # ---- low-level I/O with timeouts
@@ -331,6 +341,14 @@ class Session:
             if line is None:
                 return
             verb = verb_of(line)
+            if verb in (b"MAIL", b"RCPT") and len(angle_address(line).encode()) > MAX_ADDRESS:
+                log.info(f"{verb.decode().lower()}: address too long, refused")
+                self.to_client(b"501 5.1.3 address too long\r\n")
+                continue
+            if verb in (b"EHLO", b"HELO", b"MAIL", b"RSET", b"DATA"):
+                # A new transaction, or the end of one (RFC 5321 4.1.4): the recipient
+                # limits count afresh.
+                self.recipients = self.recipient_bytes = 0
             if verb in (b"EHLO", b"HELO"):
                 self.helo = line.split(None, 1)[1].strip().decode("utf-8", "replace") \
                     if len(line.split(None, 1)) > 1 else ""
@@ -345,6 +363,12 @@ class Session:
                 self.to_client(b"502 5.5.1 BDAT not available\r\n")
             elif verb == b"RCPT":
                 recipient = angle_address(line)
+                size = len(recipient.encode())
+                if self.recipients >= MAX_RECIPIENTS \
+                        or self.recipient_bytes + size > MAX_RECIPIENT_BYTES:
+                    log.info(f"rcpt {recipient}: too many recipients, refused")
+                    self.to_client(b"452 4.5.3 too many recipients\r\n")
+                    continue
                 refusal = self.check_policy(recipient) if self.o.greylist else None
                 if refusal is not None:
                     log.info(f"rcpt {recipient}: {refusal.decode().strip()}")
@@ -352,6 +376,9 @@ class Session:
                     continue
                 self.to_server(line)
                 reply = self.relay_reply()
+                if reply[-1][:1] == b"2":
+                    self.recipients += 1
+                    self.recipient_bytes += size
                 log.info(f"rcpt {recipient}: {reply[-1][:3].decode('ascii', 'replace')}")
             elif verb == b"MAIL":
                 self.sender = angle_address(line)
@@ -367,6 +394,7 @@ class Session:
                     reply = self.relay_reply()
                     log.info(f"data: {reply[-1][:3].decode('ascii', 'replace')}")
             elif verb == b"QUIT":
+                self.quit = True
                 self.to_server(line)
                 self.relay_reply()
                 return
@@ -442,6 +470,13 @@ class Session:
                     b = b""
                 if b != b"\0":
                     raise Ended("TLS handshake failed (no acknowledgement from tlswrapper)")
+                # tlswrapper acknowledges once the client's cleartext is in our stdin pipe,
+                # before the handshake, and writes nothing from inside TLS there until we
+                # have read all of it: what is readable now is cleartext, dropped too.
+                while (data := self._read(self.cin)) is not None:
+                    if not data:
+                        raise Ended("client closed before the TLS handshake")
+                    dropped += len(data)
                 break
             data = self._read(self.cin)
             if data is None:
@@ -456,6 +491,7 @@ class Session:
         log.info("TLS started")
         # A clean start inside TLS: the server forgets any transaction begun in cleartext.
         self.sender = self.helo = ""
+        self.recipients = self.recipient_bytes = 0
         self.to_server(b"RSET\r\n")
         self.server_reply()
 
@@ -603,6 +639,11 @@ def run(options: Options) -> int:
         failed = True
     except Ended as e:
         log.debug(str(e))
+    if not session.quit and not failed:
+        # As the C version: a client that leaves without QUIT (after STARTTLS, say, or
+        # when the handshake failed) ends the session with 111, whatever the server says.
+        log.info("client left without QUIT")
+        failed = True
     # The server sees end of input; what it still says goes to the client, briefly.
     prog.close_stdin()
     _drain(prog.stdout, session, min(options.io_timeout, 5))

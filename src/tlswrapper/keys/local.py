@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x25519
 
 from tlswrapper.keys import pem, protect, schedule12, schedule13
+from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.pem import Encoding, PublicFormat
 from tlswrapper.tls import messages, secrets, suites
 from tlswrapper.tls.record import split_fragments
@@ -26,7 +27,7 @@ MLKEM768_CIPHERTEXT = 1088
 X25519_LEN = 32
 # RFC 8446 4.4.3: what the server's CertificateVerify signs, before the transcript hash.
 CERTIFICATE_VERIFY_PREFIX = b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00"
-MAX_ANCHOR_FILE = 1 << 20      # -a: CA certificates; far more than any real anchor file
+MAX_ANCHOR_FILE = pem.MAX_PEM_FILE     # -a: CA certificates; far more than any real file
 
 
 class _MD5SHA1(hashes.HashAlgorithm):
@@ -80,10 +81,17 @@ class LocalKeyService:
     """secrets.KeyService in this process (engine tests; the key process wraps one).
 
     `jail`, when given, is called by load() after the files are read and before anything in
-    them is parsed (ARCHITECTURE MUST 4). A jail failure propagates: it is fatal."""
+    them is parsed (ARCHITECTURE MUST 4). A jail failure propagates: it is fatal.
 
-    def __init__(self, jail: Callable[[], None] | None = None) -> None:
+    `files`: the configuration (keys/files.py). The key process always has one: load() then
+    opens only names derived from it (else NameRefused) and read_anchor() reads its -a file.
+    Without it (engine tests, the warm-up's throw-away certificate: callers in this very
+    process, with no trust line between them) load() opens the names it is given."""
+
+    def __init__(self, jail: Callable[[], None] | None = None,
+                 files: KeyFiles | None = None) -> None:
         self._jail = jail
+        self._files = files
         self._loaded = False
         self._sealed: list[pem.SealedPem | None] = []
         self._usable: list[bool] = []
@@ -108,6 +116,8 @@ class LocalKeyService:
     def load(self, paths: Sequence[str]) -> list[Candidate | Unusable]:
         if self._loaded:
             raise KeyServiceError(suites.INTERNAL_ERROR, "load called twice")
+        if self._files is not None:
+            self._files.check_names(paths)     # NameRefused: before anything is opened
         self._loaded = True
         early: list[Unusable | None] = []
         for path in paths:
@@ -141,22 +151,30 @@ class LocalKeyService:
 
         return answer
 
-    def read_anchor(self, path: str) -> bytes:
-        """-a: read the anchor file while still privileged (before load() jails us). The
-        bytes are public (CA certificates): they are not parsed here but in the jailed
-        network process, so that a parser bug cannot act with our privileges."""
+    def read_anchor(self) -> bytes:
+        """-a: the configured anchor file's CERTIFICATE blocks (PEM text), read while still
+        privileged (before load() jails us). No request names the file: it is the one the
+        configuration gives. Only certificate blocks come back (a private key put in the file
+        by mistake stays here, sealed and dropped); they are parsed in the jailed network
+        process, so that a parser bug cannot act with our privileges. The file is opened
+        without blocking and must be a regular file (a FIFO cannot hold us)."""
+        path = self._files.anchor if self._files is not None else None
+        if path is None:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "no anchor file configured")
         if self._loaded:
             raise KeyServiceError(suites.INTERNAL_ERROR, "read_anchor after load")
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_ANCHOR_FILE + 1)
+            sealed = pem.read_pem_file(path)
+        except pem.PemError as e:
+            reason = e.reason
         except OSError as e:
-            raise KeyServiceError(suites.INTERNAL_ERROR, f"unable to read anchor PEM file "
-                                  f"'{path}' ({e.strerror or e})") from None
-        if len(data) > MAX_ANCHOR_FILE:
-            raise KeyServiceError(suites.INTERNAL_ERROR, f"unable to read anchor PEM file "
-                                  f"'{path}' (larger than {MAX_ANCHOR_FILE} bytes)")
-        return data
+            reason = e.strerror or str(e)
+        else:
+            if sealed is not None:
+                return b"".join(c + b"\n" for c in sealed.certificates)
+            reason = "file does not exist"
+        raise KeyServiceError(suites.INTERNAL_ERROR,
+                              f"unable to read anchor PEM file '{path}' ({reason})")
 
     def select(self, index: int) -> None:
         # Whatever happens below, no earlier key stays selected: after a failed select the
@@ -187,6 +205,7 @@ class LocalKeyService:
             raise KeyServiceError(suites.INTERNAL_ERROR, "no key selected")
 
     def sign(self, scheme: int, data: bytes) -> bytes:
+        # In this process only (the flight calls below, tests): the pipe has no call for it.
         key = self._key
         if key is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, "sign before select")
@@ -361,6 +380,15 @@ class LocalKeyService:
         cs = suites.SUITES.get(suite)
         if cs is None or cs.version_min != suites.TLS13:
             raise KeyServiceError(suites.INTERNAL_ERROR, f"suite {suite:#06x} is not TLS 1.3")
+        # What is signed must be a TLS 1.3 transcript whose ServerHello ends with the key
+        # share made here and now: a ClientHello (or the message_hash of one) first, and
+        # hello_head a ServerHello whose length counts the share still to come.
+        if not transcript or transcript[0][:1] not in (b"\x01", b"\xfe") \
+                or hello_head[:1] != b"\x02" or len(hello_head) < 4:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "not a TLS 1.3 transcript")
+        share_size = suites.KEY_SHARE_SIZES.get(group, (0, 0))[1]
+        if int.from_bytes(hello_head[1:4], "big") != len(hello_head) - 4 + share_size:
+            raise KeyServiceError(suites.INTERNAL_ERROR, "ServerHello does not end with our share")
         share = self.key_share(group, peer_share)
         # One running transcript hash; each step takes a snapshot (RFC 8446 4.4.1).
         h = hashlib.new(cs.prf_hash)

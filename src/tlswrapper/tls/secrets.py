@@ -24,6 +24,12 @@ made at all. select() may be deferred the same way (PipeKeyService sends it with
 flight call that signs: one round trip fewer per handshake); its error then surfaces from
 that call as KeyRefused, so that the engine can tell a refused certificate (it tries the next
 one) from a failure of the flight call itself.
+
+A hostile caller (ARCHITECTURE MUST 6). Over the pipe, the key process takes these calls only
+in the order a handshake makes them (keys/order.py) and ends on the first that breaks it.
+There is no call that signs, or returns a key share or secret, on its own: the key side signs
+only inside server_flight13 and server_key_exchange12, over a transcript or parameters that
+hold the key share it has just made itself, so no caller-chosen data can be signed.
 """
 
 from __future__ import annotations
@@ -96,32 +102,22 @@ class KeyService(Protocol):
     def load(self, paths: Sequence[str]) -> list[Candidate | Unusable]:
         """Read the PEM files named, in order (the key process reads them privileged and
         jails before parsing the secret parts), and report each file's public chain and key
-        type. Called at most once per connection."""
+        type. Called at most once per connection. The key process opens only names its own
+        configuration leads to (certfiles.candidate_paths: a -f file, or a -d directory and a
+        valid host name), at most one per -f/-d entry; any other name ends it."""
 
-    def read_anchor(self, path: str) -> bytes:
-        """-a: the anchor file's bytes, read by the key side while it is still privileged
-        (before load(), which jails it); the caller parses them (in its own jail). Raises
-        KeyServiceError when the file cannot be read or load() was already called."""
+    def read_anchor(self) -> bytes:
+        """-a: the CERTIFICATE blocks of the configured anchor file (the key side knows its
+        name from its own configuration; no request names a file), read while still
+        privileged (before load(), which jails it); the caller parses them (in its own jail).
+        Raises KeyServiceError when the file cannot be read or load() was already called."""
 
     def select(self, index: int) -> None:
-        """Use the private key of candidate `index` of load()'s answer for sign() (and the
-        server flight calls, which sign). Raises KeyServiceError when that key cannot be used
+        """Use the private key of candidate `index` of load()'s answer for the server flight
+        calls, which sign. Raises KeyServiceError when that key cannot be used
         (e.g. it does not match its certificate); a failed select leaves no key selected, not
         an earlier one, so the calls that sign fail until a select succeeds. May be deferred
         (see the top): its error then comes as KeyRefused from the next call."""
-
-    def sign(self, scheme: int, data: bytes) -> bytes:
-        """Sign `data` with the selected key under signature scheme `scheme` (suites.*;
-        LEGACY_* for TLS 1.0/1.1). The key side hashes `data` itself. Raises KeyServiceError
-        if the scheme does not fit the key."""
-
-    # --- key exchange ---------------------------------------------------------------------
-    def key_share(self, group: int, peer_share: bytes | None = None) -> bytes:
-        """Make an ephemeral key for `group` and return our public share. With `peer_share`
-        (TLS 1.3, where the client's share comes first) also compute and keep the shared
-        secret; for X25519MLKEM768 `peer_share` is required and the answer is the ML-KEM
-        ciphertext followed by our X25519 public key. Raises KeyServiceError(illegal_parameter)
-        for a peer share that is not a valid point or encapsulation key."""
 
     # --- TLS 1.0 - 1.2 --------------------------------------------------------------------
     def derive12(self, version: int, suite: int, peer_share: bytes, client_random: bytes,
@@ -159,11 +155,6 @@ class KeyService(Protocol):
         TLS 1.0/1.1, the suite's PRF hash for 1.2)."""
 
     # --- TLS 1.3 ----------------------------------------------------------------------------
-    def derive13_handshake(self, suite: int, transcript_hash: bytes) -> None:
-        """From the shared secret of key_share(group, peer_share): Early Secret (no PSK),
-        Handshake Secret, both handshake traffic secrets (transcript ClientHello..ServerHello);
-        fills the pending protection of both directions with handshake keys."""
-
     def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
                         transcript: Sequence[bytes], hello_head: bytes,
                         flight: Sequence[bytes], client_auth: bool,
@@ -185,10 +176,6 @@ class KeyService(Protocol):
 
     def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
         """verify_data of `sender`'s Finished (the current handshake traffic secret)."""
-
-    def derive13_application(self, transcript_hash: bytes) -> None:
-        """Master Secret and both application traffic secrets (transcript ClientHello..server
-        Finished); fills the pending protection of both directions with application keys."""
 
     def key_update(self, direction: int) -> None:
         """TLS 1.3 KeyUpdate: next generation of `direction`'s application traffic secret,

@@ -39,7 +39,11 @@ if TYPE_CHECKING:
 # Bounds against a client that keeps us busy without progress.
 MAX_EMPTY_RECORDS = 32          # consecutive empty application_data records
 MAX_WARNING_ALERTS = 8          # warning alerts (TLS 1.2) or user_canceled
-MAX_KEY_UPDATES = 32            # KeyUpdates in a row with no application data between them
+# KeyUpdates are paid for with application data, not forgiven by any of it: a client may run
+# MAX_KEY_UPDATES ahead, and each KEY_UPDATE_DATA bytes of its application data earn one back.
+# (Reset by any record, a client alternating KeyUpdate and 1-byte records was never stopped.)
+MAX_KEY_UPDATES = 32
+KEY_UPDATE_DATA = 1 << 14
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
 # Client certificates (-a): the schemes we accept in the client's CertificateVerify, listed in
@@ -147,7 +151,8 @@ class ServerConnection:
         self._early_data_offered = False
         self._skipped_early_data = 0
         self._empty_records = 0
-        self._key_updates = 0
+        self._key_updates = 0           # KeyUpdates not yet paid for (see KEY_UPDATE_DATA)
+        self._key_update_data = 0       # application data bytes towards the next one
         self._warnings = 0
         self._groups: tuple[int, ...] = ()
         self._schemes: tuple[int, ...] = ()
@@ -397,7 +402,11 @@ class ServerConnection:
                 raise _Abort(suites.UNEXPECTED_MESSAGE, "too many empty records")
             return
         self._empty_records = 0
-        self._key_updates = 0
+        if self._key_updates:
+            self._key_update_data += len(data)
+            if self._key_update_data >= KEY_UPDATE_DATA:
+                paid, self._key_update_data = divmod(self._key_update_data, KEY_UPDATE_DATA)
+                self._key_updates = max(0, self._key_updates - paid)
         self._events.append(ApplicationData(data))
 
     def _alert(self, fragment: bytes) -> None:
@@ -872,7 +881,8 @@ class ServerConnection:
         # Each one costs us a key derivation and, if requested, an answer: bound a flood.
         self._key_updates += 1
         if self._key_updates > MAX_KEY_UPDATES:
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "too many KeyUpdate messages in a row")
+            raise _Abort(suites.UNEXPECTED_MESSAGE,
+                         "too many KeyUpdate messages for the application data received")
         self.keys.key_update(READ)
         if update.request_update == 1 and not self.local_closed:
             # RFC 8446 4.6.3: answer with update_not_requested, then switch our keys.
