@@ -56,6 +56,7 @@ DEFAULT_WAIT = 10            # -w: seconds a connection may take to queue a reco
 MAX_WAIT = 3600
 POOL_LIMIT = 16384           # connections held at once; over it, accepting pauses
 RECORD_HEADER = 5            # a TLS record header (type, version, length): bytes to queue
+ACCEPT_BATCH = 64            # accepts per round of the loop (see Listener._accept)
 NOFILE_WANTED = POOL_LIMIT + 1024   # RLIMIT_NOFILE the listener raises its soft limit to
 USAGE = ("tlswrapper-listen [ -c limit ] [ -b backlog ] [ -w seconds ] [ -C perip ] "
          "host port | - [tlswrapper options] prog [args...]")
@@ -524,17 +525,23 @@ class Listener:
 
     # ------------------------------------------------------------------ the pool
     def _accept(self) -> None:
-        """Accept what the kernel has queued, into the pool, while there is room."""
-        while len(self.pending) < self.pool_limit:
+        """Accept what the kernel has queued, into the pool, while there is room; at most
+        ACCEPT_BATCH at a time, so that a flood of new connections does not hold back the
+        hand-over of those that are ready (the listening socket stays readable: the rest
+        comes on the next round)."""
+        for _ in range(ACCEPT_BATCH):
+            if len(self.pending) >= self.pool_limit:
+                break
             try:
                 conn, remote = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # Out of descriptors or memory: the connection stays in the backlog;
+                    # a pause, not a loop spinning on the listening socket.
                     log.warning(f"unable to accept ({log.oserror_text(e)})")
-                    self._pause_accepting()
-                    self.respawn_after = max(self.respawn_after, time.monotonic() + 0.1)
+                    time.sleep(0.1)
                 return          # ECONNABORTED and the like: the client gave up
             try:
                 env = connection_environment(conn, remote)
@@ -548,7 +555,8 @@ class Listener:
             # a record header must not wake us until it sends more).
             self.poller.register(fd, select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLET)
             self._check(fd, 0)
-        self._pause_accepting()
+        if len(self.pending) >= self.pool_limit:
+            self._pause_accepting()
 
     def _pause_accepting(self) -> None:
         if self.accepting:
@@ -702,6 +710,7 @@ class Listener:
                     self._spare_said(spares[fd])
                 elif fd in self.pending:
                     self._check(fd, mask)
+            self._hand_over()      # the ready ones first, before the next round's work
         for fd in list(self.pending):
             self._drop(fd)
         # The spares see end of file and exit without running prog.
