@@ -678,3 +678,25 @@ def test_listen_logs_every_connection_with_its_client_address(pki):
     assert all(ln.split(": ", 2)[2].startswith("127.0.0.1:") for ln in lines), lines
     logged = {int(ln.split(": ", 2)[2].split(":", 2)[1]) for ln in lines}
     assert logged <= set(ports), (logged, ports)
+
+
+@needs_root
+def test_delayed_ack_reaches_a_prog_that_waits_for_it_before_reading(pki):
+    """The client pipelines cleartext after prog's last line; prog waits for the ack on fd 6
+    before it reads its stdin (as a prog written for the C version may). It gets the ack
+    (within a second, not at the -T timeout), and the cleartext comes first on its stdin,
+    before anything from inside TLS."""
+    script = ("printf '220 go\\r\\n'; sleep 0.5; printf '\\0' >&5; head -c 1 <&6 >/dev/null; "
+              "exec cat")
+    with OneConnection(delayed_argv(pki, script, "-T", "20")) as c:
+        assert c.recv_until(b"\r\n") == b"220 go\r\n"
+        c.sock.sendall(b"PIPELINED cleartext\r\n")
+        time.sleep(0.8)                               # past prog's zero byte
+        tls = BioTLS(c.sock)
+        tls.handshake()
+        tls.send(b"inside\r\n")
+        got = tls.recv_until(b"inside\r\n")
+        c.sock.shutdown(socket.SHUT_WR)
+        result = c.finish()
+    assert got == b"PIPELINED cleartext\r\ninside\r\n"   # prog chose to echo it, inside TLS
+    assert result.returncode == 0, result.stderr
