@@ -700,3 +700,24 @@ def test_delayed_ack_reaches_a_prog_that_waits_for_it_before_reading(pki):
         result = c.finish()
     assert got == b"PIPELINED cleartext\r\ninside\r\n"   # prog chose to echo it, inside TLS
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_certdir_entry_not_a_regular_file_one_line_naming_it(pki, tmp_path, impl, kind):
+    """-d: the file for the SNI is a directory or a FIFO: an alert, exit 111, one fatal line
+    naming the file (both versions), never a hang on the FIFO."""
+    certdir = tmp_path / "certdir"
+    certdir.mkdir()
+    entry = certdir / "localhost"
+    if kind == "directory":
+        entry.mkdir()
+    else:
+        os.mkfifo(entry)
+    with Run([command(impl), "-d", certdir, "--", "true"]) as run:
+        with pytest.raises(ssl.SSLError, match="ALERT"):
+            run.tls(pki.ca_pem, "tls12")
+        assert run.wait(20) == 111
+        lines = run.stderr().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tlswrapper: fatal: "), lines
+    assert str(entry) in lines[0], lines
