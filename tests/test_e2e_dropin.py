@@ -198,11 +198,12 @@ def test_delayed_ack_comes_before_the_handshake(pki, tmp_path):
 @pytest.mark.parametrize("script,reason", [
     ("printf '\\0\\0' >&5; exec cat", "second byte"),
     ("exec 6<&-; printf '\\0' >&5; exec cat", "fd 6"),
-], ids=["second-zero-byte", "fd6-closed-before-switch"])
+    ("printf 'x' >&5; exec cat", "instead of a zero byte"),
+], ids=["second-zero-byte", "fd6-closed-before-switch", "not-a-zero-byte"])
 def test_delayed_switch_refused(pki, script, reason):
-    """A second zero byte on fd 5, or fd 6 closed by prog before the switch: the switch is
-    refused with a log line (at the default verbosity) and exit 111; the client gets no TLS
-    byte, only the end of the connection."""
+    """A second zero byte on fd 5, or fd 6 closed by prog before the switch (or a byte other
+    than zero): the switch is refused with a log line (at the default verbosity) and exit 111;
+    the client gets no TLS byte, only the end of the connection."""
     with OneConnection(delayed_argv(pki, "printf '220 go\\r\\n'; " + script)) as c:
         assert c.recv_until(b"\r\n") == b"220 go\r\n"
         rest = c.recv_all()

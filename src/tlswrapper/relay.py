@@ -484,8 +484,7 @@ class Relay:
             self._refuse_switch(f"prog wrote a second byte ({byte[0]:#04x}) on fd 5")
             return
         if byte != b"\0":
-            log.error(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
-            self.failed = True
+            self._refuse_switch(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
             return
         self._switch_to_tls()
 
