@@ -35,8 +35,21 @@ def one(target: str, libfuzzer_args: list[str]) -> None:
     def test_one_input(data: bytes) -> None:
         fn(data)
 
-    atheris.Setup([sys.argv[0], *libfuzzer_args], test_one_input)
+    atheris.Setup([_launcher(target), *libfuzzer_args], test_one_input)
     atheris.Fuzz()
+
+
+def _launcher(target: str) -> str:
+    """An executable that runs this target: libFuzzer starts argv[0] again for -merge=1
+    (and -fork), with only libFuzzer's own arguments."""
+    work = HERE / ".work"
+    work.mkdir(exist_ok=True)
+    path = work / f"run-{target}"
+    text = f'#!/bin/sh\nexec "{sys.executable}" "{HERE / "run.py"}" --one {target} "$@"\n'
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+        path.chmod(0o755)
+    return str(path)
 
 
 _STATS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/(\S+).*?exec/s: (\d+)")

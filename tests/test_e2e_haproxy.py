@@ -3,19 +3,21 @@ tlswrapper-listen instances on 127.0.0.2, 127.0.0.3 and 127.0.0.4, as the README
 more than one host" describes.
 
 haproxy has two frontends, one whose backend sends `send-proxy` (v1) and one `send-proxy-v2`
-with TLVs (a CRC32C of the header, which tlswrapper checks, and a unique id), to the same three
-listeners, which read either (`-p 0`); health checks on (`check` with `check-send-proxy`: each
-check is a connection with a PROXY header, a v2 LOCAL one for the v2 backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches prog
-can only have come from the header. prog is a shell script: `env` prints the connection's
-variables, `get` names the instance and sends an 8 MiB file (the client checks its sha256).
+with TLVs (a CRC32C of the header, which tlswrapper checks, and a unique id), to the same
+three listeners, which read either (`-p 0`); health checks on (`check` with
+`check-send-proxy`: each check is a connection with a PROXY header, a v2 LOCAL one for the v2
+backend, and no TLS). The clients connect from 127.0.0.9, so that an address that reaches
+prog can only have come from the header. prog is a shell script: `env` prints the
+connection's variables, `get` names the instance and sends an 8 MiB file (the client checks
+its sha256).
 
 The tests run in file order on one bed: addresses through each instance and both versions;
 a SIGTERM restart of instance a while 50 transfers run through it (every transfer completes
 intact, new connections go elsewhere, the old instance drains and exits 0, haproxy takes the
-new one back); three
-restarts of instance c under continuous load (no connection fails); instance b killed
-outright (every new connection after the check interval succeeds, none on b). Each
-prints its figures (pytest -s shows them): connections, transfers, failures.
+new one back); three restarts of instance c under continuous load (no connection fails);
+instance b killed outright (every new connection after haproxy marks it down succeeds, none
+on b). Each prints its figures (pytest -s shows them): connections, transfers, failures,
+and how long things took (reported, never asserted).
 """
 
 from __future__ import annotations
@@ -44,9 +46,6 @@ TRANSFERS = 50
 CHECK_INTER_MS = 500
 FALL = 2
 RISE = 2
-# haproxy marks a dead server down within FALL checks (plus one interval for the check in
-# flight); a little slack for a loaded CI machine.
-DOWN_WITHIN = (FALL + 1) * CHECK_INTER_MS / 1000 + 3.0
 
 PROG = """#!/bin/sh
 read -r cmd
@@ -461,7 +460,8 @@ def test_killed_instance_is_routed_around_after_the_check_interval(bed: Bed) -> 
     within its checks, and not one of the connections made after that fails or lands on b."""
     bed.wait_states({name: "UP" for name in INSTANCES}, timeout=30)
     bed.instances["b"].kill_all()
-    down_in = bed.wait_states({"b": "DOWN"}, timeout=DOWN_WITHIN)
+    # FALL failed checks, CHECK_INTER_MS apart: reported; the timeout only guards a hang.
+    down_in = bed.wait_states({"b": "DOWN"}, timeout=30)
     served: dict[str, int] = {}
     failures = []
     count = 30

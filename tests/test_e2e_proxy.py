@@ -10,7 +10,9 @@ Where Debian's tlswrapper 20230101 differs, the test says so and runs ours only:
   version exits 100 (its usage/configuration status), ours 111 (a failed connection: SPEC
   keeps 100 for usage and configuration errors);
 - the C version takes a line ended by LF alone and ports with leading zeros; ours refuses
-  both (the specification requires CRLF and plain decimal).
+  both (the specification requires CRLF and plain decimal);
+- the C version takes any line of up to 127 bytes (its 128-byte buffer); ours up to 116, the
+  longest legal header (both take that one: TCP6 with two dotted-tail addresses).
 """
 
 from __future__ import annotations
@@ -174,6 +176,7 @@ MALFORMED_OURS = {
     "port leading zero": b"PROXY TCP4 192.0.2.7 198.51.100.9 040001 443\r\n",
     "NUL": b"PROXY UNKNOWN \x00\r\n",
     "v2 signature": b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c",
+    "UNKNOWN of 120 bytes": b"PROXY UNKNOWN " + b"x" * 104 + b"\r\n",
 }
 
 

@@ -30,6 +30,7 @@ EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
+ACK_GRACE = 1.0            # -n: how long the ack waits for prog to read the cleartext (_maybe_ack)
 FLUSH_GRACE = 0.5          # at the end: how long the last alert waits for a non-reading client
 FLUSH_LIMIT = 1 << 16      # at the end: at most this much of what is queued is still sent
 PROG_GRACE = 2.0           # prog's time to end on its end of file after a failure, per signal
@@ -108,6 +109,10 @@ class Relay:
         self.cleartext_left = 0
         self.ack_due = False          # -n: prog asked for TLS; the ack is not written yet
         self.refused = False          # -n: the switch was refused (exit 111)
+        self.ack_grace_until = 0.0    # -n: the ack goes out by then even if prog has not read
+        # -n: the ack went out with cleartext still unread in prog's stdin pipe: nothing from
+        # inside TLS joins it there until prog has read it all.
+        self.tls_gate = False
         self.quick_acks = True        # quick-ACK after each handshake flight (_quick_ack)
         self.key_process_died: str | None = None   # why, when the key process failed us
 
@@ -309,7 +314,7 @@ class Relay:
         # -n: nothing from inside TLS goes to prog before the acknowledgement on fd 6.
         if self.cleartext_left:
             data = self.to_prog[:self.cleartext_left]
-        elif self.ack_due or self.refused:
+        elif self.ack_due or self.refused or not self._tls_gate_open():
             return
         else:
             data = self.to_prog
@@ -336,19 +341,37 @@ class Relay:
         fd 6 mark the boundary exactly (every stdin byte before it is cleartext, every one
         after it from inside TLS), so that prog can drop pipelined cleartext (the STARTTLS
         command injection, CVE-2011-0411) without dropping TLS data. When the client sent
-        nothing after its STARTTLS line (the usual case) that is at once."""
+        nothing after its STARTTLS line (the usual case) that is at once; else within
+        ACK_GRACE (see below)."""
         if not self.ack_due or self.cleartext_left:
             return
-        if not self.prog_in_closed and _unread(self.prog.stdin) > 0:
-            return   # checked again on the next round of the loop
+        unread = 0 if self.prog_in_closed else _unread(self.prog.stdin)
+        if unread:
+            # A prog that waits for the ack before it reads its stdin (as the C version's
+            # ack, sent once the cleartext is in the pipe, allows) must not wait for ever:
+            # after ACK_GRACE it gets the ack anyway, and TLS data waits (tls_gate) until
+            # it has read the pipe empty, so what it can read at once after the ack is
+            # still only cleartext.
+            now = time.monotonic()
+            if not self.ack_grace_until:
+                self.ack_grace_until = now + ACK_GRACE
+            if now < self.ack_grace_until:
+                return   # checked again on the next round of the loop
+            log.debug(f"delayed encryption: ack with {unread} bytes of cleartext unread")
         self.ack_due = False
         if not self._send_ack():
             return
+        self.tls_gate = unread > 0
         # The client's bytes held since the switch are its ClientHello: the handshake starts.
         if self.held:
             data, self.held = bytes(self.held), bytearray()
             self._handle(self.conn.receive(data))
             self.to_client += self.conn.outgoing()
+
+    def _tls_gate_open(self) -> bool:
+        if self.tls_gate and (self.prog_in_closed or _unread(self.prog.stdin) == 0):
+            self.tls_gate = False
+        return not self.tls_gate
 
     def _refuse_switch(self, reason: str) -> None:
         """-n: prog broke the fd 5/6 protocol; as the C version: a log line and exit 111."""
@@ -461,8 +484,7 @@ class Relay:
             self._refuse_switch(f"prog wrote a second byte ({byte[0]:#04x}) on fd 5")
             return
         if byte != b"\0":
-            log.error(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
-            self.failed = True
+            self._refuse_switch(f"prog wrote byte {byte[0]:#04x} on fd 5 instead of a zero byte")
             return
         self._switch_to_tls()
 
@@ -570,7 +592,7 @@ class Relay:
             if self.to_client and not self.out_shut:
                 writers.append(self.client_out)
             if self.to_prog and not self.prog_in_closed \
-                    and (self.cleartext_left or not self.ack_due):
+                    and (self.cleartext_left or not self.ack_due and self._tls_gate_open()):
                 writers.append(self.prog.stdin)
             now = time.monotonic()
             if self.held and self.cleartext and now >= self.held_since + HOLD_GRACE:
@@ -595,7 +617,7 @@ class Relay:
             wait = deadline - now
             if self.held:
                 wait = min(wait, max(0.0, self.held_since + HOLD_GRACE - now))
-            if self.ack_due:
+            if self.ack_due or self.tls_gate and self.to_prog:
                 wait = min(wait, 0.01)   # -n: waiting for prog to read its stdin pipe
             if self.prog_out_ended:
                 # prog's exit wakes no descriptor: poll for it, or a prog that exits just
