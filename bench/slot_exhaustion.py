@@ -4,11 +4,12 @@ listener closes it, so that 1200 stay pending); a legitimate client's handshake 
 measured unloaded and under that load, and the listener's memory with the 1200 pending.
 
     .venv/bin/python bench/slot_exhaustion.py                 # needs root (the jail)
-    .venv/bin/python bench/slot_exhaustion.py --handshakes 500
+    .venv/bin/python bench/slot_exhaustion.py --rounds 5 --seconds 20
     .venv/bin/python bench/slot_exhaustion.py -- -w 3600     # listener options: no churn
 
 Targets (issue 12): handshake p99 under load within 2x of unloaded; the listener's memory
-under 64 MB with the 1200 pending. The attackers run in a child process (selectors, one
+under 64 MB with the 1200 pending. Unloaded and loaded phases alternate (--rounds), so that
+the machine's other load weighs on both alike. The attackers run in a child process (selectors, one
 thread), which raises its own soft RLIMIT_NOFILE to the hard limit for its 1200 sockets; the
 listener raises its own for its pool (listen.raise_nofile). Results: bench/results/
 slot_exhaustion.json (gitignored); a markdown table is printed.
@@ -127,12 +128,35 @@ def summary(times: list[float]) -> dict:
             "p99_ms": bench.percentile(times, 0.99), "max_ms": max(times)}
 
 
+def start_attacker(port: int) -> subprocess.Popen:
+    """The attackers' process, once its SILENT + SLOW connections are open."""
+    attacker = subprocess.Popen([sys.executable, __file__, "--attacker", str(port)],
+                                stdout=subprocess.PIPE, text=True)
+    while True:
+        line = attacker.stdout.readline()
+        if not line:
+            raise RuntimeError("the attacker died")
+        if int(line.split()[1]) >= SILENT + SLOW:
+            return attacker
+
+
+def stop_attacker(attacker: subprocess.Popen, listener_pid: int) -> None:
+    attacker.kill()
+    attacker.wait()
+    attacker.stdout.close()
+    deadline = time.monotonic() + 30     # until the listener has dropped the closed ones
+    while listener_memory(listener_pid)["fds"] > 64 and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--handshakes", type=int, default=300)
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="shortest loaded run (the default -w 10 closes the pending "
-                             "clients, which reconnect: the run covers that churn)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="unloaded and loaded phases, alternated (the machine's other "
+                             "load then weighs on both alike)")
+    parser.add_argument("--seconds", type=float, default=15.0,
+                        help="length of each phase (the default -w 10 closes the pending "
+                             "clients, which reconnect: a loaded phase covers that churn)")
     parser.add_argument("--attacker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("listener_args", nargs="*",
                         help="listener options before host and port (default: none)")
@@ -149,6 +173,10 @@ def main() -> int:
     listener = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=log,
                                 env=bench.server_env())
     attacker = None
+    unloaded: list[float] = []
+    loaded: list[float] = []
+    loaded_memory: list[dict] = []
+    listener_cpu = attack_seconds = 0.0
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -160,23 +188,20 @@ def main() -> int:
                     raise RuntimeError("the listener did not start") from None
                 time.sleep(0.05)
         handshake_times(port, 20)                        # warm-up
-        unloaded = handshake_times(port, args.handshakes)
         idle = listener_memory(listener.pid)
-        attacker = subprocess.Popen([sys.executable, __file__, "--attacker", str(port)],
-                                    stdout=subprocess.PIPE, text=True)
-        while True:
-            line = attacker.stdout.readline()
-            if not line:
-                raise RuntimeError("the attacker died")
-            if int(line.split()[1]) >= SILENT + SLOW:
-                break
-        loaded_memory = [listener_memory(listener.pid)]
-        started = time.monotonic()
-        cpu_before = cpu_seconds(listener.pid)
-        loaded = handshake_times(port, args.handshakes, args.seconds,
-                                 lambda: loaded_memory.append(listener_memory(listener.pid)))
-        attack_seconds = time.monotonic() - started
-        listener_cpu = cpu_seconds(listener.pid) - cpu_before
+        for _ in range(args.rounds):
+            unloaded += handshake_times(port, 1, args.seconds)
+            attacker = start_attacker(port)
+            loaded_memory.append(listener_memory(listener.pid))
+            started = time.monotonic()
+            cpu_before = cpu_seconds(listener.pid)
+            loaded += handshake_times(
+                port, 1, args.seconds,
+                lambda: loaded_memory.append(listener_memory(listener.pid)))
+            attack_seconds += time.monotonic() - started
+            listener_cpu += cpu_seconds(listener.pid) - cpu_before
+            stop_attacker(attacker, listener.pid)
+            attacker = None
     finally:
         if attacker is not None:
             attacker.kill()
@@ -189,6 +214,7 @@ def main() -> int:
             listener.wait()
         log.close()
     result = {
+        "command": " ".join(cmd), "rounds": args.rounds, "seconds": args.seconds,
         "unloaded": summary(unloaded), "loaded": summary(loaded),
         "p99_ratio": bench.percentile(loaded, 0.99) / bench.percentile(unloaded, 0.99),
         "listener_idle": idle, "listener_loaded_samples": loaded_memory,
@@ -197,17 +223,20 @@ def main() -> int:
     }
     (bench.RESULTS / "slot_exhaustion.json").write_text(json.dumps(result, indent=2))
     worst = max(loaded_memory, key=lambda m: m["rss_kib"])
-    print(f"| handshake (TLS 1.3, ECDSA) | p50 ms | p99 ms |\n|---|---|---|\n"
-          f"| unloaded | {result['unloaded']['p50_ms']:.1f} | "
+    fewest = min(m["fds"] for m in loaded_memory)
+    print(f"| handshake (TLS 1.3, ECDSA), {args.rounds} x {args.seconds:.0f} s each | n | "
+          f"p50 ms | p99 ms |\n|---|---:|---:|---:|\n"
+          f"| unloaded | {len(unloaded)} | {result['unloaded']['p50_ms']:.1f} | "
           f"{result['unloaded']['p99_ms']:.1f} |\n"
-          f"| {SILENT} silent + {SLOW} slow pending | {result['loaded']['p50_ms']:.1f} | "
-          f"{result['loaded']['p99_ms']:.1f} |\n\n"
-          f"p99 ratio loaded/unloaded: {result['p99_ratio']:.2f}; listener with the "
-          f"{SILENT + SLOW} pending: RSS {worst['rss_kib'] / 1024:.1f} MiB, PSS "
-          f"{worst['pss_kib'] / 1024:.1f} MiB, {worst['fds']} descriptors (idle: RSS "
-          f"{idle['rss_kib'] / 1024:.1f} MiB, {idle['fds']} descriptors); the listener's "
-          f"CPU under load: {100 * listener_cpu / attack_seconds:.1f}% of a core over "
-          f"{attack_seconds:.0f} s; load average {os.getloadavg()[0]:.1f}")
+          f"| {SILENT} silent + {SLOW} slow pending | {len(loaded)} | "
+          f"{result['loaded']['p50_ms']:.1f} | {result['loaded']['p99_ms']:.1f} |\n\n"
+          f"p99 ratio loaded/unloaded: {result['p99_ratio']:.2f}; the listener under load: "
+          f"RSS at most {worst['rss_kib'] / 1024:.1f} MiB (PSS {worst['pss_kib'] / 1024:.1f} "
+          f"MiB), descriptors {fewest}..{max(m['fds'] for m in loaded_memory)}, median "
+          f"{bench.median([m['fds'] for m in loaded_memory]):.0f} (idle: RSS "
+          f"{idle['rss_kib'] / 1024:.1f} MiB, {idle['fds']} descriptors), "
+          f"{100 * listener_cpu / attack_seconds:.1f}% of a core; load average "
+          f"{os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -200,9 +200,30 @@ def ipc_seeds() -> dict[str, bytes]:
     return out
 
 
+def _sealed(*records: tuple[int, bytes]) -> bytes:
+    return b"".join(bytes((t,)) + len(p).to_bytes(2, "big") + p for t, p in records)
+
+
+def connected13_seeds() -> dict[str, bytes]:
+    key_update = handshake_message(s.HS_KEY_UPDATE, b"\x01")
+    return {"data-and-close": _sealed((23, b"hello"), (23, b""), (21, b"\x01\x00")),
+            "key-updates": _sealed((22, key_update), (23, b"x"), (22, key_update[:2]),
+                                   (22, key_update[2:])),
+            "alerts": _sealed((21, b"\x01\x5a"), (21, b"\x02\x28"), (21, b"")),
+            "padded": _sealed((0x97, b"padded"), (24, b"?"))}
+
+
+def connected12_seeds() -> dict[str, bytes]:
+    reneg = hostile.client_hello(tls13=False)
+    return {"data-and-close": _sealed((23, b"hello"), (23, b""), (21, b"\x01\x00")),
+            "renegotiation": _sealed((22, reneg), (23, b"after")),
+            "ccs-and-warnings": _sealed((20, b"\x01"), (21, b"\x01\x64"), (21, b"\x01\x00"))}
+
+
 SEEDS = {"messages": messages_seeds, "wire": wire_seeds, "record": record_seeds,
          "protect": protect_seeds, "engine12": engine12_seeds, "engine13": engine13_seeds,
-         "proxy": proxy_seeds, "ipc": ipc_seeds}
+         "proxy": proxy_seeds, "ipc": ipc_seeds,
+         "connected12": connected12_seeds, "connected13": connected13_seeds}
 
 
 def main() -> None:

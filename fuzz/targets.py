@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable
 
@@ -31,7 +32,8 @@ from tlswrapper.tls.wire import DecodeError, Reader
 
 # libFuzzer's -max_len per target: the engine's flights and the largest ClientHello need room.
 MAX_LEN = {"messages": 8192, "wire": 4096, "record": 40000, "protect": 20000,
-           "engine12": 40000, "engine13": 40000, "proxy": 4096, "ipc": 16384}
+           "engine12": 40000, "engine13": 40000, "proxy": 4096, "ipc": 16384,
+           "connected12": 20000, "connected13": 20000}
 
 # --- every parse_* of tls/messages.py ---------------------------------------------------------
 
@@ -274,6 +276,95 @@ def fuzz_engine13(data: bytes) -> None:
     _engine(data, CONFIG_13)
 
 
+# --- the engine once connected: records sealed under the client's real keys --------------
+
+def _test_clients():
+    """tests/ holds the in-test TLS clients (their own key schedules, written from the RFCs):
+    the fuzzer completes a real handshake with them, then seals what it makes up."""
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
+    import hostile
+    import tls12client
+    import tls13client
+    return hostile, tls12client, tls13client
+
+
+def _sealed_records(data: bytes) -> list[tuple[int, bytes]]:
+    """data as (content type, plaintext) pairs: a type byte, a u16 length (cut to what is
+    left), the plaintext; at most 64 records."""
+    out, pos = [], 0
+    while pos + 3 <= len(data) and len(out) < 64:
+        n = int.from_bytes(data[pos + 1:pos + 3], "big")
+        out.append((data[pos], bytes(data[pos + 3:pos + 3 + n])))
+        pos += 3 + n
+    return out
+
+
+def _drive_connected(conn: ServerConnection, seal: Callable[[int, bytes], bytes],
+                     records: list[tuple[int, bytes]]) -> None:
+    failures = 0
+    for content_type, plaintext in records + [(-1, b"")]:
+        events = conn.receive(seal(content_type, plaintext) if content_type >= 0 else b"")
+        for event in events:
+            assert not isinstance(event, (ClientHelloReceived, HandshakeComplete)), event
+            if isinstance(event, ConnectionFailed):
+                failures += 1
+                assert event.alert is None or event.alert in suites.ALERT_NAMES
+        _check_output(conn.outgoing())
+        assert failures <= 1, "two ConnectionFailed events"
+        if conn.failed:
+            break
+    conn.close()
+    _check_output(conn.outgoing())
+
+
+def fuzz_connected13(data: bytes) -> None:
+    """A real TLS 1.3 handshake (tests/tls13client.py), then made-up records sealed under the
+    client's application keys: KeyUpdate floods, alerts, empty records, any inner type. A
+    KeyUpdate the client sends switches its keys, as a real client's would."""
+    _, _, tls13client = _test_clients()
+    keys = LocalKeyService()
+    conn = ServerConnection(CONFIG_13, keys)
+    client = tls13client.TLS13Client(groups=(suites.X25519,), cipher_suites=(0x1301,))
+    wire = tls13client.Wire(conn, client, keys.load(_cert_paths()))
+    wire.handshake()
+    assert client.connected and conn.handshake_done
+
+    def seal(content_type: int, plaintext: bytes) -> bytes:
+        client.send_protected(content_type, plaintext, padding_len=content_type >> 7)
+        if content_type == suites.HANDSHAKE and plaintext[:4] == b"\x18\x00\x00\x01":
+            client.write = client.write.next_generation()
+        return client.data_to_send()
+
+    _drive_connected(conn, seal, _sealed_records(data))
+
+
+def fuzz_connected12(data: bytes) -> None:
+    """A real TLS 1.2 handshake (tests/tls12client.py, AES-128-GCM, EMS), then made-up
+    records sealed under the client's keys: renegotiation ClientHellos, alerts, CCS..."""
+    hostile, tls12client, _ = _test_clients()
+    keys = LocalKeyService()
+    candidates = keys.load(_cert_paths())
+    conn = ServerConnection(CONFIG_13, keys)
+    client = tls12client.TLS12Client(hostile.client_hello(
+        tls13=False, cipher_suites=tls12client.SUITES,
+        extra=(m.Extension(suites.EXT_EXTENDED_MASTER_SECRET, b""),)))
+    data_out = hostile.records(client.hello)
+    for _ in range(10):
+        if not data_out:
+            break
+        events = conn.receive(data_out)
+        while events:
+            event = events.pop(0)
+            if isinstance(event, ClientHelloReceived):
+                events += conn.choose_certificate(candidates)
+        client.receive(conn.outgoing())
+        data_out = client.data_to_send()
+    assert client.connected and conn.handshake_done
+    _drive_connected(conn, lambda t, p: client.write.seal(t, p), _sealed_records(data))
+
+
 # --- proxyproto.py (v1) and proxyproto2.py (v2): the PROXY header ----------------------------
 
 def _proxy_parsers() -> tuple:
@@ -353,5 +444,6 @@ def fuzz_ipc(data: bytes) -> None:
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "messages": fuzz_messages, "wire": fuzz_wire, "record": fuzz_record,
     "protect": fuzz_protect, "engine12": fuzz_engine12, "engine13": fuzz_engine13,
+    "connected12": fuzz_connected12, "connected13": fuzz_connected13,
     "proxy": fuzz_proxy, "ipc": fuzz_ipc,
 }

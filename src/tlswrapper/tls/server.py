@@ -391,7 +391,8 @@ class ServerConnection:
         elif content_type == suites.ALERT:
             self._alert(plaintext)
         else:
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "change_cipher_spec inside protection")
+            raise _Abort(suites.UNEXPECTED_MESSAGE,
+                         f"record of content type {content_type} inside protection")
 
     def _application_data(self, data: bytes) -> None:
         if self.state is not State.CONNECTED:
