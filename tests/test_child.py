@@ -48,6 +48,40 @@ def sh(script: str) -> list[str]:
     return ["/bin/sh", "-c", script, "sh"]
 
 
+def test_inherited_fds_3_to_9_all_reach_prog() -> None:
+    """No fd of 3..9 is free for the shell waiter's go-ahead: the forked child is used, and
+    prog still gets every one of them."""
+    # The runner's own fds in 3..9 are set aside and put back as they were.
+    saved = {fd: (os.dup(fd), os.get_inheritable(fd)) if _is_open(fd) else None
+             for fd in range(3, 10)}
+    r, w = os.pipe()
+    try:
+        for fd in range(3, 10):
+            os.dup2(r, fd, inheritable=True)
+        prog = start_prog(["ls", "/proc/self/fd"])
+        prog.go()
+        out, code = finish(prog)
+    finally:
+        for fd, kept in saved.items():
+            if kept is None:
+                os.close(fd)
+            else:
+                os.dup2(kept[0], fd, inheritable=kept[1])
+                os.close(kept[0])
+        os.close(r)
+        os.close(w)
+    assert code == 0
+    assert set(range(3, 10)) <= {int(x) for x in out.split()}
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
 def test_prog_waits_until_go(tmp_path) -> None:
     marker = tmp_path / "ran"
     prog = start_prog(sh(f"touch {marker}; echo started"))

@@ -376,6 +376,11 @@ def test_tlswrapper_smtp_jailed_live(exim, certfile, pki, tmp_path):
                         if not (any(c.endswith(b"tlswrapper-smtp") for c in cmd[:2]) and
                                 _grandparent(pid) == ts.proc.pid):
                             continue
+                        # Ours, not the probe connection's (which may be still starting,
+                        # before its jail): tcpserver set TCPREMOTEPORT to our local port.
+                        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                        if f"TCPREMOTEPORT={s.sock.getsockname()[1]}".encode() not in environ:
+                            continue
                         checked = (pid, _status(pid), os.readlink(f"/proc/{pid}/root"),
                                    [_limit(pid, n) for n in ("Max open files", "Max processes",
                                                              "Max core file size")])

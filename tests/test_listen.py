@@ -421,9 +421,9 @@ def _limits(pid: int) -> dict[str, tuple[str, str]]:
 
 def test_spares_wait_jailed_without_any_client_socket(pki) -> None:
     """The spares hold a key process and prog's waiting child each, and nothing of a client
-    (no TCP connection, only the listening socket) until one accepts its connection. They wait
-    jailed, but for RLIMIT_NOFILE (accept needs a descriptor), which drops to 0 once it has,
-    with the listening socket closed."""
+    (no TCP connection, not even the listening socket: connections are handed to them) until
+    the listener hands one its connection. They wait jailed, but for RLIMIT_NOFILE (receiving
+    the connection needs a descriptor), which drops to 0 once it has."""
     port = free_port()
     with Listener(listen_args(pki.ecdsa_p256.path, port), port) as srv:
         spares = wait_until(lambda: _ready_spares(srv, 2), what="2 jailed spares")
@@ -435,6 +435,8 @@ def test_spares_wait_jailed_without_any_client_socket(pki) -> None:
                 "0", "0")
             assert int(limits["Max open files"][0]) > 0
             assert not _socket_inodes(pid) & tcp, "a spare holds no TCP connection"
+            assert not _socket_inodes(pid) & _tcp_inodes(listening=True), \
+                "a spare does not hold the listening socket"
             assert len(children(pid)) == 2       # its key process and prog's child
         with tls_connect(port) as conn:
             assert echo(conn) == b"hello\n"
