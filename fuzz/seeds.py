@@ -17,7 +17,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import targets  # noqa: E402
 from tls13client import TLS13Client  # noqa: E402
-from tlswrapper import ipc, proxyproto  # noqa: E402
+from tlswrapper import ipc  # noqa: E402
+from tlswrapper.net import proxyproto  # noqa: E402
 from tlswrapper.tls import messages as m  # noqa: E402
 from tlswrapper.tls import record  # noqa: E402
 from tlswrapper.tls import suites as s  # noqa: E402
@@ -180,7 +181,7 @@ def proxy_seeds() -> dict[str, bytes]:
            "tcp6": bytes((3 * 2 + 0,)) + proxyproto.build(("2001:db8::1", 1), ("::1", 65535)),
            "unknown": bytes((3 * 80 + 1,)) + b"PROXY UNKNOWN whatever\r\n"}
     try:
-        from tlswrapper import proxyproto2
+        from tlswrapper.net import proxyproto2
     except ImportError:
         return out
     out["v2-tcp4"] = bytes((3 * 40 + 2,)) + proxyproto2.build(("192.0.2.1", 1), ("10.0.0.1", 443)) \

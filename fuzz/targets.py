@@ -20,12 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tlswrapper import ipc, proxyproto
+from tlswrapper import ipc
 from tlswrapper.keys import protect
 from tlswrapper.keys import service as key_service
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
 from tlswrapper.keys.order import CallOrder
+from tlswrapper.net import proxyproto
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import record, suites
 from tlswrapper.tls.config import ServerConfig

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tlswrapper.child import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
+from tlswrapper.net.prog import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
                               exit_code, inherited_fds, start_prog)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
@@ -325,7 +325,7 @@ def test_prog_after_network_process_jails(tmp_path) -> None:
     with RLIMIT_NOFILE and RLIMIT_NPROC at 0."""
     code = """
 import os, resource, sys
-from tlswrapper.child import start_prog
+from tlswrapper.net.prog import start_prog
 prog = start_prog(["/bin/sh", "-c", "echo ran:$TCPREMOTEIP"])
 resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
 resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))

@@ -24,10 +24,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from tlswrapper import ipc, jail
-from tlswrapper.keyclient import EXIT_FATAL, KeyProcessDied, start_key_process
+from tlswrapper.exits import EXIT_FAILURE as EXIT_FATAL
+from tlswrapper.keys.process import start_key_process
+from tlswrapper.net.keyproxy import KeyProcessDied
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import CERTIFICATE_VERIFY_PREFIX
-from tlswrapper.relay import _KeyProcessJail
+from tlswrapper.net.relay import _KeyProcessJail
 from tlswrapper.tls import messages
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.secrets import READ, SENDER_CLIENT, WRITE, Candidate, KeyServiceError

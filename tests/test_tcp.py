@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, our_command
 
-from tlswrapper import tcp
+from tlswrapper.commands import tcp
 
 
 def test_parse():

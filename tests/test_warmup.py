@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tlswrapper import cli, warmup
+from tlswrapper import warmup
+from tlswrapper.commands import cli
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites
 

@@ -17,7 +17,7 @@ import pwd
 import resource
 import stat
 
-from .tls.frozen import Frozen, init
+from tlswrapper.tls.frozen import Frozen, init
 
 # ctypes is imported by prepare(), not here: the CLI imports this module for DEFAULT_JAIL_DIR
 # and the per-connection commands (tlswrapper-tcp, -smtp) need no prctl before their jail.

@@ -26,12 +26,12 @@ from __future__ import annotations
 import marshal
 import os
 
-from .tls import messages as m
-from .tls import suites
-from .tls.events import ClientHelloReceived
-from .tls.record import plaintext_records
-from .tls.server import ServerConnection
-from .tls.wire import handshake_message
+from tlswrapper.tls import messages as m
+from tlswrapper.tls import suites
+from tlswrapper.tls.events import ClientHelloReceived
+from tlswrapper.tls.record import plaintext_records
+from tlswrapper.tls.server import ServerConnection
+from tlswrapper.tls.wire import handshake_message
 
 
 class _NoKeys:
@@ -133,7 +133,7 @@ def key_side() -> int:
         return 0
     done = 0
     try:
-        from .keys.local import LocalKeyService
+        from tlswrapper.keys.local import LocalKeyService
         keys = LocalKeyService()
         for name, args in _replay:
             if name == "load":
@@ -164,8 +164,8 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
     With `record`, the key service calls are kept for key_side()."""
     import ssl
 
-    from .keys.local import LocalKeyService
-    from .tls.events import ApplicationData, ConnectionFailed
+    from tlswrapper.keys.local import LocalKeyService
+    from tlswrapper.tls.events import ApplicationData, ConnectionFailed
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False

@@ -38,12 +38,12 @@ import termios
 import time
 from typing import NoReturn, Sequence
 
-from . import cli, jail, log
-from .keyclient import KeyProcessDied
-from .tls.secrets import KeyServiceError
+from tlswrapper import jail, log
+from tlswrapper.commands import cli
+from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE
+from tlswrapper.net.keyproxy import KeyProcessDied
+from tlswrapper.tls.secrets import KeyServiceError
 
-EXIT_USAGE = cli.EXIT_USAGE
-EXIT_FAILURE = cli.EXIT_FAILURE
 DEFAULT_LIMIT = 100          # tcpserver's -c default
 DEFAULT_BACKLOG = 128
 MAX_LIMIT = 100000
@@ -267,8 +267,8 @@ def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options,
             except (OSError, ValueError):
                 pass
         log.setup("tlswrapper", options.verbosity)
-        from . import relay
-        from .warmup import close_key_file, network_side
+        from tlswrapper.net import relay
+        from tlswrapper.warmup import close_key_file, network_side
         prepared = None
         error = None
         try:
@@ -753,10 +753,11 @@ def prepare_imports() -> None:
     """Everything a connection needs, imported (and initialised) once, before the first
     fork: the relay and engine, the key process's code and cryptography's backend, libc for
     prctl. A forked child then loads nothing."""
-    from . import relay, warmup  # noqa: F401
-    from .keys import local  # noqa: F401
+    from tlswrapper import warmup  # noqa: F401
+    from tlswrapper.net import relay  # noqa: F401
+    from tlswrapper.keys import local  # noqa: F401
     try:
-        from . import clientcert  # noqa: F401  (-a: imported per connection otherwise)
+        from tlswrapper.net import clientcert  # noqa: F401  (-a: imported per connection otherwise)
     except ImportError:
         pass
     jail.prepare()
@@ -768,7 +769,7 @@ def warm_up(options: cli.Options) -> None:
     (what it caches on first use is then shared with every fork instead of being written, and
     so copied, in each), and the key service calls the key processes replay, recorded by a
     helper process."""
-    from .warmup import network_side, record_key_side
+    from tlswrapper.warmup import network_side, record_key_side
     config = options.server_config()
     network_side(config)
     # -a: the in-memory client has no certificate; the rest of the handshake is the same.

@@ -38,13 +38,13 @@ import stat
 import struct
 import time
 
-from . import log
+from tlswrapper import log
+from tlswrapper.exits import EXIT_FAILURE
 
 TYPE_CHECKING = False      # typing is imported by type checkers only (it costs milliseconds)
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
-EXIT_FAILURE = 111       # our failure, or prog killed by a signal
 F_SETSIG = getattr(fcntl, "F_SETSIG", 10)   # Linux <fcntl.h>: the signal sent for O_ASYNC
 MAX_MESSAGE = 65536
 MAX_VALUE = 8192         # one environment value (a client DN is far shorter)

@@ -10,14 +10,15 @@ import os
 import pwd
 import stat
 
-from . import log
-from .certfiles import CertEntry, candidate_paths, fixpath
-from .optscan import (  # noqa: F401 (EXIT_USAGE, the errors: re-exported)
-    EXIT_FAILURE, EXIT_USAGE, OptionError, UsageError, run_main, split_options)
-from .jail import DEFAULT_JAIL_DIR
-from .tls import suites
-from .tls.config import ConfigError, ServerConfig
-from .tls.frozen import Frozen, init
+from tlswrapper import log
+from tlswrapper.commands.optscan import (  # noqa: F401 (the errors: re-exported)
+    OptionError, UsageError, run_main, split_options)
+from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE  # noqa: F401 (EXIT_USAGE: tests)
+from tlswrapper.jail import DEFAULT_JAIL_DIR
+from tlswrapper.net.certfiles import CertEntry, candidate_paths, fixpath
+from tlswrapper.tls import suites
+from tlswrapper.tls.config import ConfigError, ServerConfig
+from tlswrapper.tls.frozen import Frozen, init
 
 # tcpserver mode starts a new interpreter per connection: modules that only the type checker
 # needs (typing) are not imported at run time, nor re, dataclasses (see tls/frozen.py).
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def _run_relay(options: Options) -> int:
     try:
-        from .relay import run
+        from tlswrapper.net.relay import run
     except Exception as e:   # noqa: BLE001 -- any import failure is ours, not the user's
         log.fatal(f"unable to load the relay ({type(e).__name__}: {e})")
         return EXIT_FAILURE

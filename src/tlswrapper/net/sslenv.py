@@ -22,10 +22,10 @@ Formats (mod_ssl 2.4 with OpenSSL, which is what scripts written for Apache expe
 
 from __future__ import annotations
 
-from .tls import suites
-from .tls.frozen import Frozen, init
+from tlswrapper.tls import suites
+from tlswrapper.tls.frozen import Frozen, init
 
-MAX_VALUE = 8192    # child.MAX_VALUE: the longest environment value the go-ahead may carry
+MAX_VALUE = 8192    # net/prog.py MAX_VALUE: the longest environment value the go-ahead may carry
 
 # OpenSSL's names of our cipher suites (what mod_ssl puts in SSL_CIPHER).
 OPENSSL_CIPHER_NAMES: dict[int, str] = {
@@ -105,5 +105,5 @@ def tls_environment(version: int, cipher_suite: int, sni: str | None,
             env["SSL_CLIENT_S_DN_CN"] = escape_value(client.common_name)
         if client.email is not None:
             env["SSL_CLIENT_S_DN_Email"] = escape_value(client.email)
-    # A value the child would refuse (child.MAX_VALUE) is left out rather than losing prog.
+    # A value the child would refuse (net/prog.py's MAX_VALUE) is left out rather than losing prog.
     return {k: v for k, v in env.items() if len(v.encode("utf-8", "surrogateescape")) <= MAX_VALUE}

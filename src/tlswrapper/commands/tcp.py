@@ -24,11 +24,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import child, jail, log, proxyproto
-from .optscan import (  # noqa: F401 (EXIT_USAGE, the errors: re-exported)
-    EXIT_FAILURE, EXIT_USAGE, OptionError, UsageError, run_main, split_options)
-
-EXIT_OK = 0
+from tlswrapper import jail, log
+from tlswrapper.commands.optscan import (  # noqa: F401 (the errors: re-exported)
+    OptionError, UsageError, run_main, split_options)
+from tlswrapper.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE  # noqa: F401 (EXIT_USAGE: tests)
+from tlswrapper.net import proxyproto
+from tlswrapper.net.prog import connection_addresses
 
 USAGE = "tlswrapper-tcp [options] host port"
 DEFAULT_TIMEOUT = 3600          # -t: network timeout
@@ -88,8 +89,8 @@ def parse_proxy_version(direction: str, value: str) -> int:
 
 
 def parse_account(option: str, name: str) -> str:
-    from .cli import OptionError as CliOptionError
-    from .cli import _account
+    from tlswrapper.commands.cli import OptionError as CliOptionError
+    from tlswrapper.commands.cli import _account
     try:
         return _account(option, name)
     except CliOptionError as e:
@@ -382,7 +383,7 @@ def proxy_line_out(env: dict[str, str], version: int = 1) -> bytes:
     """The outgoing PROXY header (v1 line or v2 binary) from the TCP* addresses; UNKNOWN
     (v2: UNSPEC) when they are missing, or are the `::` and `0` that tlswrapper -p gives
     for a client whose address its proxy did not send (passed on as unknown, not as `::`)."""
-    from . import proxyproto2
+    from tlswrapper.net import proxyproto2
     build = proxyproto2.build if version == 2 else proxyproto.build
     src, sport = env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")
     dst, dport = env.get("TCPLOCALIP"), env.get("TCPLOCALPORT")
@@ -496,14 +497,14 @@ def warm_up() -> None:
     "x".encode("idna")
     proxyproto.build(("127.0.0.1", 1), ("::1", 2))
     proxyproto.ProxyReader().feed(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n").environment()
-    from . import proxyproto2
+    from tlswrapper.net import proxyproto2
     proxyproto.ProxyReader(2).feed(proxyproto2.build(("1.2.3.4", 1), ("::1", 2)))
     proxyproto2.crc32c(b"")
 
 
 def run(options: Options) -> int:
     log.setup("tlswrapper-tcp", options.verbosity)
-    env = child.connection_addresses(0)
+    env = connection_addresses(0)
     log.set_prefix(log.client_prefix(env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")))
     try:
         warm_up()

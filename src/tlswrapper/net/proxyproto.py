@@ -20,7 +20,7 @@ follows a v1 line in the same read (the start of the TLS ClientHello) is handed 
 
 from __future__ import annotations
 
-from .tls.frozen import Frozen, init
+from tlswrapper.tls.frozen import Frozen, init
 
 # ipaddress is imported when a ProxyReader is made or a header built, not with this module:
 # the relay imports it for every connection, -p or not. A reader is made before the jail
@@ -166,7 +166,7 @@ class ProxyReader:
     def __init__(self, version: int = 1) -> None:
         import ipaddress  # noqa: F401  (now, before the jail: parse_line needs it)
         if version != 1:
-            from . import proxyproto2  # noqa: F401  (idem)
+            from tlswrapper.net import proxyproto2  # noqa: F401  (idem)
         self.accepts = version
         self.version = version if version else None   # None until the first byte tells
         self._buf = bytearray()
@@ -181,7 +181,7 @@ class ProxyReader:
 
     def wanted(self) -> int:
         if self.version == 2:
-            from . import proxyproto2
+            from tlswrapper.net import proxyproto2
             return (self._need or proxyproto2.FIXED) - len(self._buf)
         if self.version is None:
             return 16      # both headers are longer: "PROXY UNKNOWN\r\n" and the v2 fixed part
@@ -202,7 +202,7 @@ class ProxyReader:
         return header
 
     def _feed_v2(self, data: bytes) -> ProxyHeader | None:
-        from . import proxyproto2
+        from tlswrapper.net import proxyproto2
         self._buf += data
         if not self._need:
             proxyproto2.check_prefix(bytes(self._buf[:proxyproto2.FIXED]))

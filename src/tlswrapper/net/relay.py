@@ -16,17 +16,20 @@ import stat
 import termios
 import time
 
-from . import certfiles, child, jail, log, proxyproto, sslenv
-from .keyclient import KeyProcessDied, start_key_process
-from .keys.files import KeyFiles
-from .sslenv import ClientIdentity
-from .tls import suites
-from .tls.events import (AlertReceived, ApplicationData, CertificateRefused,
+from tlswrapper import jail, log
+from tlswrapper.exits import EXIT_FAILURE
+from tlswrapper.keys.files import KeyFiles
+from tlswrapper.keys.process import start_key_process
+from tlswrapper.net import certfiles, proxyproto, sslenv
+from tlswrapper.net.keyproxy import KeyProcessDied
+from tlswrapper.net.prog import ChildError, Prog, connection_addresses, drop_inherited, start_prog
+from tlswrapper.net.sslenv import ClientIdentity
+from tlswrapper.tls import suites
+from tlswrapper.tls.events import (AlertReceived, ApplicationData, CertificateRefused,
                          ClientHelloReceived, ConnectionFailed, HandshakeComplete, PeerClosed)
-from .tls.secrets import KeyServiceError, Unusable
-from .tls.server import ServerConnection
+from tlswrapper.tls.secrets import KeyServiceError, Unusable
+from tlswrapper.tls.server import ServerConnection
 
-EXIT_FATAL = 111
 READ_SIZE = 1 << 18         # bytes per read from the client or from prog
 BUFFER_LIMIT = 1 << 20      # stop reading one side while this much waits for the other
 HOLD_GRACE = 2.0           # -n: how long client bytes that look like TLS wait for the switch
@@ -73,7 +76,7 @@ def tls_environment(done: HandshakeComplete) -> dict[str, str]:
 class Relay:
     """One connection's loop. `client_in`/`client_out` are fd 0 and fd 1 (a socket or pipes)."""
 
-    def __init__(self, conn: ServerConnection, keys, prog: child.Prog, options,
+    def __init__(self, conn: ServerConnection, keys, prog: Prog, options,
                  client_in: int = 0, client_out: int = 1) -> None:
         self.conn = conn
         self.keys = keys
@@ -713,7 +716,7 @@ class Relay:
             self.prog.wait()
             self.prog.disarm()
             self._close_keys()
-            return EXIT_FATAL
+            return EXIT_FAILURE
         self.prog.close()   # -n: fd 5 and 6 too, so that a prog awaiting the ack sees EOF
         # After a failure nothing more reaches prog or comes from it: it has PROG_GRACE to
         # end on its end of file, then it is ended. Else it has the network timeout.
@@ -723,7 +726,7 @@ class Relay:
         self.prog.disarm()
         self._close_keys()
         if self.refused or self.key_process_died is not None:
-            return EXIT_FATAL
+            return EXIT_FAILURE
         return status
 
 
@@ -771,22 +774,22 @@ class Prepared:
         self.keys, _key_pid = start_key_process(_KeyProcessJail(self.account, self.jail_dir),
                                                 KeyFiles.from_options(options))
         self.anchor_pem = None
-        self.prog: child.Prog | None = None
+        self.prog: Prog | None = None
         try:
             if options.anchor is not None:
                 # -a: the key process reads the file while privileged (before it jails); we
                 # parse it after our own jail, as the C version does. clientcert
                 # (cryptography's X.509) is imported now: nothing can be loaded in the jail.
-                from . import clientcert  # noqa: F401
+                from tlswrapper.net import clientcert  # noqa: F401
                 self.anchor_pem = self.keys.read_anchor()
-            self.prog = child.start_prog(options.prog, user=options.user,
+            self.prog = start_prog(options.prog, user=options.user,
                                          user_from_cert=options.user_from_cert is not None,
                                          delayed_encryption=options.delayed_encryption)
             # prog has its copies of what we inherited (`prog 9>log`); we need none of them.
-            child.drop_inherited()
+            drop_inherited()
             # While we may: once jailed, only this lets us end prog (Relay._finish).
             self.prog.arm_end_signal()
-        except (OSError, child.ChildError) as e:
+        except (OSError, ChildError) as e:
             self.keys.close()
             raise StartError(f"unable to start: {e}") from None
         except (KeyServiceError, KeyProcessDied) as e:
@@ -833,15 +836,15 @@ class Prepared:
         except jail.JailError as e:
             log.fatal(f"unable to create jail: {e}")
             prog.abort()
-            return EXIT_FATAL
+            return EXIT_FAILURE
         if self.anchor_pem is not None:
-            from . import clientcert
+            from tlswrapper.net import clientcert
             try:
                 verifier = clientcert.ClientCertificates.from_pem(self.anchor_pem)
             except clientcert.AnchorError as e:
                 log.fatal(f"unable to parse anchor PEM file '{options.anchor_path}' ({e})")
                 prog.abort()
-                return EXIT_FATAL
+                return EXIT_FAILURE
             relay.conn = ServerConnection(verifier.server_config(self.config), self.keys)
         return relay.run()      # a dead key process included (Relay.run, _finish)
 
@@ -859,12 +862,12 @@ def prepare(options) -> Prepared:
 def run(options) -> int:
     """Serve one connection on fd 0/1; returns the exit status (prog's, or 111)."""
     log.setup("tlswrapper", options.verbosity)
-    addresses = child.connection_addresses()
+    addresses = connection_addresses()
     log.set_prefix(log.client_prefix(addresses.get("TCPREMOTEIP"),
                                      addresses.get("TCPREMOTEPORT")))
     try:
         prepared = prepare(options)
     except StartError as e:
         log.fatal(str(e))
-        return EXIT_FATAL
+        return EXIT_FAILURE
     return prepared.serve(addresses)

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
-from . import log
+from tlswrapper import log
+from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE
 
 # Only for the type checker (typing costs each tcpserver-mode connection several ms).
 TYPE_CHECKING = False
@@ -15,8 +16,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Container, Sequence
     from typing import NoReturn
 
-EXIT_USAGE = 100     # usage or configuration error (the C version's value)
-EXIT_FAILURE = 111   # internal failure, or prog killed by a signal
 
 
 class UsageError(Exception):

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 
-from .proxyproto import ProxyError, ProxyHeader
+from tlswrapper.net.proxyproto import ProxyError, ProxyHeader
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED = 16                       # signature, version/command, family/transport, length

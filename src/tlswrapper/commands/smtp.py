@@ -22,10 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NoReturn
 
-from . import child, jail, log
-from .optscan import OptionError, UsageError, run_main, split_options
-from .tcp import (
-    EXIT_FAILURE,
+from tlswrapper import jail, log
+from tlswrapper.commands.optscan import OptionError, UsageError, run_main, split_options
+from tlswrapper.commands.tcp import (
     Address,
     Failure,
     connect_first,
@@ -38,12 +37,15 @@ from .tcp import (
     verbosity_of,
     warm_up,
 )
+from tlswrapper.exits import EXIT_FAILURE
+from tlswrapper.net.prog import (ACK_FD, CONTROL_FD, ChildError, Prog, connection_addresses,
+                                 drop_inherited, start_prog)
 
 USAGE = "tlswrapper-smtp [options] prog [args...]"
 DEFAULT_SESSION_TIMEOUT = 600     # -t
 DEFAULT_IO_TIMEOUT = 15           # -T
-CONTROL_FD = child.CONTROL_FD     # 5: we write the zero byte here
-ACK_FD = child.ACK_FD             # 6: tlswrapper answers with a zero byte here
+CONTROL_FD = CONTROL_FD     # 5: we write the zero byte here
+ACK_FD = ACK_FD             # 6: tlswrapper answers with a zero byte here
 
 # The C version's limits (20260501), each answered as RFC 5321 4.5.3.1 has it: a command line
 # up to MAX_LINE bytes, CRLF included (RFC 5321's 512 is a minimum a server must accept:
@@ -193,7 +195,7 @@ def policy_verdict(action: str) -> bytes | None:
 # --------------------------------------------------------------------------- the session
 
 class Session:
-    def __init__(self, options: Options, prog: child.Prog, *, client_in: int = 0,
+    def __init__(self, options: Options, prog: Prog, *, client_in: int = 0,
                  client_out: int = 1, control: int | None = None, ack: int | None = None,
                  policy: list[tuple[Address, socket.socket]] | None = None,
                  env: dict[str, str] | None = None) -> None:
@@ -577,7 +579,7 @@ def fd_open(fd: int) -> bool:
 
 def run(options: Options) -> int:
     log.setup("tlswrapper-smtp", options.verbosity)
-    env = child.connection_addresses(0)
+    env = connection_addresses(0)
     log.set_prefix(log.client_prefix(env.get("TCPREMOTEIP"), env.get("TCPREMOTEPORT")))
     have_tls = fd_open(CONTROL_FD) and fd_open(ACK_FD)
     prog = None
@@ -598,10 +600,10 @@ def run(options: Options) -> int:
                 policy += make_sockets(addrs[:1]) if addrs else []
         try:
             # Inherited descriptors reach the server, except fd 5 and 6 (ours, SPEC section 3).
-            prog = child.start_prog(options.prog, user=options.user,
+            prog = start_prog(options.prog, user=options.user,
                                     withhold=(CONTROL_FD, ACK_FD))
-            child.drop_inherited(withhold=(CONTROL_FD, ACK_FD))
-        except child.ChildError as e:
+            drop_inherited(withhold=(CONTROL_FD, ACK_FD))
+        except ChildError as e:
             raise Failure(str(e)) from None
         prog.go({})
         for fd in (0, 1, prog.stdin, prog.stdout) + ((CONTROL_FD, ACK_FD) if have_tls else ()):

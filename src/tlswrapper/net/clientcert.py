@@ -27,9 +27,9 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from .sslenv import ClientIdentity
-from .tls import suites
-from .tls.config import ServerConfig
+from tlswrapper.net.sslenv import ClientIdentity
+from tlswrapper.tls import suites
+from tlswrapper.tls.config import ServerConfig
 
 MAX_CHAIN = 10                  # certificates we look at in a client's Certificate message
 MAX_NAMES_BYTES = 0xFFFF - 2    # certificate_authorities must fit a 16-bit vector
