@@ -326,9 +326,9 @@ def test_unreadable_files(files: Path) -> None:
 # -- main: hand-over and the guard against tracebacks ------------------------------------------
 
 def _fake_relay(monkeypatch: pytest.MonkeyPatch, run) -> None:
-    mod = types.ModuleType("tlswrapper.net.relay")
+    mod = types.ModuleType("tlswrapper.net.start")
     mod.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tlswrapper.net.relay", mod)
+    monkeypatch.setitem(sys.modules, "tlswrapper.net.start", mod)
 
 
 def test_main_hands_options_to_relay(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +354,7 @@ def test_main_relay_exception_is_one_fatal_line(files: Path, monkeypatch: pytest
 
 def test_main_relay_missing(files: Path, monkeypatch: pytest.MonkeyPatch,
                             capfd: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "tlswrapper.net.relay", None)   # makes the import fail
+    monkeypatch.setitem(sys.modules, "tlswrapper.net.start", None)   # makes the import fail
     with pytest.raises(SystemExit) as exc:
         main(["-f", "ec.pem", "prog"])
     assert exc.value.code == 111

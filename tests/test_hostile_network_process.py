@@ -29,7 +29,7 @@ from tlswrapper.keys.process import start_key_process
 from tlswrapper.net.keyproxy import KeyProcessDied
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import CERTIFICATE_VERIFY_PREFIX
-from tlswrapper.net.relay import _KeyProcessJail
+from tlswrapper.net.start import KeyProcessJail
 from tlswrapper.tls import messages
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.secrets import READ, SENDER_CLIENT, WRITE, Candidate, KeyServiceError
@@ -51,7 +51,7 @@ class Victim:
         self.files = files
         if is_root() and os.path.isdir(jail.DEFAULT_JAIL_DIR):
             jail.prepare()
-            key_jail = _KeyProcessJail(None, jail.DEFAULT_JAIL_DIR)
+            key_jail = KeyProcessJail(None, jail.DEFAULT_JAIL_DIR)
         else:
             key_jail = None
         self.jailed = key_jail is not None

@@ -309,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 def _run_relay(options: Options) -> int:
     try:
-        from tlswrapper.net.relay import run
+        from tlswrapper.net.start import run
     except Exception as e:   # noqa: BLE001 -- any import failure is ours, not the user's
         log.fatal(f"unable to load the relay ({type(e).__name__}: {e})")
         return EXIT_FAILURE

@@ -1,6 +1,6 @@
 """tlswrapper-listen: the built-in listener. One process imports everything once, accepts, and
 forks one child per connection; the child is exactly tlswrapper under `tcpserver -HRDl0`
-(connection on fd 0/1, TCP* variables set, then relay.run: its own network process, key
+(connection on fd 0/1, TCP* variables set, then net/start.py's run: its own network process, key
 process and jail).
 
 Rule: the listener never reads a key or a client byte; it only binds (or takes systemd's
@@ -267,13 +267,13 @@ def spare_main(sock: socket.socket, close: Sequence[int], options: cli.Options,
             except (OSError, ValueError):
                 pass
         log.setup("tlswrapper", options.verbosity)
-        from tlswrapper.net import relay
+        from tlswrapper.net import start
         from tlswrapper.warmup import close_key_file, network_side
         prepared = None
         error = None
         try:
-            prepared = relay.prepare(options)
-        except relay.StartError as e:
+            prepared = start.prepare(options)
+        except start.StartError as e:
             error = str(e)        # reported with the connection it fails, as under tcpserver
         close_key_file()          # the throw-away certificate: its key process has it
         if prepared is not None:
@@ -754,7 +754,7 @@ def prepare_imports() -> None:
     fork: the relay and engine, the key process's code and cryptography's backend, libc for
     prctl. A forked child then loads nothing."""
     from tlswrapper import warmup  # noqa: F401
-    from tlswrapper.net import relay  # noqa: F401
+    from tlswrapper.net import start  # noqa: F401
     from tlswrapper.keys import local  # noqa: F401
     try:
         from tlswrapper.net import clientcert  # noqa: F401  (-a: imported per connection otherwise)
