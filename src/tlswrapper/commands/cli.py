@@ -7,12 +7,11 @@ other failure is one fatal line and exit 111; a Python traceback never reaches t
 from __future__ import annotations
 
 import os
-import pwd
 import stat
 
 from tlswrapper import log
 from tlswrapper.commands.optscan import (  # noqa: F401 (the errors: re-exported)
-    OptionError, UsageError, run_main, split_options)
+    OptionError, UsageError, check_account, run_main, split_options)
 from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE  # noqa: F401 (EXIT_USAGE: tests)
 from tlswrapper.jail import DEFAULT_JAIL_DIR
 from tlswrapper.net.certfiles import CertEntry, candidate_paths, fixpath
@@ -179,17 +178,6 @@ def _timeout(what: str, value: str) -> int:
     return n
 
 
-def _account(option: str, name: str) -> str:
-    try:
-        pw = pwd.getpwnam(name)
-    except (KeyError, ValueError, UnicodeError):
-        raise OptionError(f"unable to find user '{log.escape(name)}' for -{option} "
-                          f"(no such account)") from None
-    if pw.pw_uid == 0 or pw.pw_gid == 0:
-        raise OptionError(f"user '{name}' for -{option} has uid or gid 0, refused")
-    return name
-
-
 def _version_name(code: int) -> str:
     return next(k for k, v in suites.VERSION_NAMES.items() if v == code)
 
@@ -250,7 +238,7 @@ def parse(args: Sequence[str]) -> Options:
         elif letter == "T":
             kw["handshake_timeout"] = _timeout("handshake timeout", value)
         elif letter == "u":
-            kw["user"] = _account("u", value)
+            kw["user"] = check_account("u", value)
         elif letter == "U":
             kw["user_from_cert"] = _choice("ASN.1 object", value, USER_FIELDS)
         elif letter == "p":
@@ -262,7 +250,7 @@ def parse(args: Sequence[str]) -> Options:
                 raise OptionError("jaildir must not be empty")
             kw["jail_dir"] = value
         elif letter == "j":
-            kw["jail_user"] = _account("j", value)
+            kw["jail_user"] = check_account("j", value)
 
     if not certs:
         raise UsageError("no -f certfile or -d certdir given")

@@ -1,10 +1,11 @@
 """Command-line scanning and the entry point shared by tlswrapper and its companions, as the
-C versions read theirs. Rule: only syntax and exit codes live here; what the options mean
-lives in each command's own module."""
+C versions read theirs. Rule: only syntax, exit codes and the account check every command
+makes live here; what the options mean lives in each command's own module."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 
 from tlswrapper import log
@@ -24,6 +25,19 @@ class UsageError(Exception):
 
 class OptionError(Exception):
     """A readable command line with a bad value or file: one fatal line, exit 100."""
+
+
+def check_account(option: str, name: str) -> str:
+    """An account for -u or -j (tlswrapper and its companions alike): it must exist and not
+    have uid or gid 0 (prog or the jail as root would undo the separation)."""
+    try:
+        pw = pwd.getpwnam(name)
+    except (KeyError, ValueError, UnicodeError):
+        raise OptionError(f"unable to find user '{log.escape(name)}' for -{option} "
+                          f"(no such account)") from None
+    if pw.pw_uid == 0 or pw.pw_gid == 0:
+        raise OptionError(f"user '{name}' for -{option} has uid or gid 0, refused")
+    return name
 
 
 def split_options(args: Sequence[str], flags: Container[str], with_value: Container[str]

@@ -18,34 +18,28 @@ import secrets
 import select
 import socket
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import NoReturn
 
 from tlswrapper import jail, log
-from tlswrapper.commands.optscan import OptionError, UsageError, run_main, split_options
-from tlswrapper.commands.tcp import (
-    Address,
-    Failure,
-    connect_first,
-    make_sockets,
-    parse_account,
-    parse_jail_dir,
-    parse_port,
-    parse_timeout,
-    resolve,
-    verbosity_of,
-    warm_up,
-)
+from tlswrapper.commands.companion import (Address, Failure, connect_first, make_sockets,
+                                           parse_jail_dir, parse_port, parse_timeout, resolve,
+                                           verbosity_of, warm_up)
+from tlswrapper.commands.optscan import (OptionError, UsageError, check_account, run_main,
+                                         split_options)
 from tlswrapper.exits import EXIT_FAILURE
+# CONTROL_FD (5): we write the zero byte here; ACK_FD (6): tlswrapper answers with one there.
 from tlswrapper.net.prog import (ACK_FD, CONTROL_FD, ChildError, Prog, connection_addresses,
                                  drop_inherited, start_prog)
+from tlswrapper.tls.frozen import Frozen, init
+
+# typing is not imported at run time (each connection starts this command anew).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import NoReturn
 
 USAGE = "tlswrapper-smtp [options] prog [args...]"
 DEFAULT_SESSION_TIMEOUT = 600     # -t
 DEFAULT_IO_TIMEOUT = 15           # -T
-CONTROL_FD = CONTROL_FD     # 5: we write the zero byte here
-ACK_FD = ACK_FD             # 6: tlswrapper answers with a zero byte here
 
 # The C version's limits (20260501), each answered as RFC 5321 4.5.3.1 has it: a command line
 # up to MAX_LINE bytes, CRLF included (RFC 5321's 512 is a minimum a server must accept:
@@ -78,17 +72,34 @@ class Ended(Exception):
     """A side closed; the session ends."""
 
 
-@dataclass(frozen=True)
-class Options:
-    verbosity: int = log.DEFAULT
-    session_timeout: int = DEFAULT_SESSION_TIMEOUT
-    io_timeout: int = DEFAULT_IO_TIMEOUT
-    user: str | None = None
-    greylist: tuple[str, int] | None = None
-    fail_closed: bool = False
-    jail_dir: str = jail.DEFAULT_JAIL_DIR
-    jail_user: str | None = None
-    prog: tuple[str, ...] = ()
+class Options(Frozen):
+    __slots__ = ("verbosity", "session_timeout", "io_timeout", "user", "greylist",
+                 "fail_closed", "jail_dir", "jail_user", "prog")
+    verbosity: int
+    session_timeout: int
+    io_timeout: int
+    user: str | None
+    greylist: tuple[str, int] | None
+    fail_closed: bool
+    jail_dir: str
+    jail_user: str | None
+    prog: tuple[str, ...]
+
+    def __init__(self, verbosity: int = log.DEFAULT,
+                 session_timeout: int = DEFAULT_SESSION_TIMEOUT,
+                 io_timeout: int = DEFAULT_IO_TIMEOUT, user: str | None = None,
+                 greylist: tuple[str, int] | None = None, fail_closed: bool = False,
+                 jail_dir: str = jail.DEFAULT_JAIL_DIR, jail_user: str | None = None,
+                 prog: tuple[str, ...] = ()) -> None:
+        init(self, "verbosity", verbosity)
+        init(self, "session_timeout", session_timeout)
+        init(self, "io_timeout", io_timeout)
+        init(self, "user", user)
+        init(self, "greylist", greylist)
+        init(self, "fail_closed", fail_closed)
+        init(self, "jail_dir", jail_dir)
+        init(self, "jail_user", jail_user)
+        init(self, "prog", prog)
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -120,13 +131,13 @@ def parse(args: Sequence[str]) -> Options:
         elif letter == "T":
             kw["io_timeout"] = parse_timeout("read/write timeout", value)
         elif letter == "u":
-            kw["user"] = parse_account("u", value)
+            kw["user"] = check_account("u", value)
         elif letter == "g":
             kw["greylist"] = parse_hostport(value)
         elif letter == "J":
             kw["jail_dir"] = parse_jail_dir(value)
         elif letter == "j":
-            kw["jail_user"] = parse_account("j", value)
+            kw["jail_user"] = check_account("j", value)
     if not rest:
         raise UsageError("no prog given")
     return Options(verbosity=verbosity, prog=tuple(rest), **kw)  # type: ignore[arg-type]

@@ -46,7 +46,7 @@ def _parent_death_signal() -> Callable[[], None]:
     # The libc handle jail.prepare() made before the fork, when there is one: loading it
     # again (ctypes.CDLL) costs ~0.2 ms per connection.
     jail_module = sys.modules.get("tlswrapper.jail")
-    libc = getattr(jail_module, "_libc", None)
+    libc = jail_module.loaded_libc() if jail_module is not None else None
     try:
         if libc is not None:
             prctl = libc.prctl

@@ -160,13 +160,6 @@ def identity(cert: x509.Certificate) -> ClientIdentity:
         email=_first(cert.subject, NameOID.EMAIL_ADDRESS))
 
 
-def account_name(client: ClientIdentity, field: str) -> str | None:
-    """-U: the account named in `field` ("commonName" or "emailAddress") of the verified
-    certificate, or None when the subject has no such field. Not rewritten: the child refuses
-    a name outside its safe character set rather than mapping two names to one account."""
-    return client.common_name if field == "commonName" else client.email
-
-
 # --- the verifier -----------------------------------------------------------------------------
 
 def _ca_key_usage(_policy: object, _cert: x509.Certificate,
