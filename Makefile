@@ -43,10 +43,10 @@ deps:
 demo-deps:
 	@scripts/ensure-debian-packages $(DEMO_PACKAGES)
 
-# The venv, (re)installed when pyproject.toml changes.
+# The venv, (re)installed when pyproject.toml or a bin/ script changes (pip copies them).
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(wildcard bin/*)
 	@if ! $(VPY) -c '' 2>/dev/null; then \
 		rm -rf $(VENV) && echo "creating $(VENV)" && $(PYTHON) -m venv $(VENV); \
 	fi

@@ -35,7 +35,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         pem = bench.make_certs(Path(tmp))["ecdsa"]
         env = dict(bench.server_env(), PYTHONPATH=args.src)
-        argv = [sys.executable, "-c", "from tlswrapper.cli import main; main()",
+        argv = [sys.executable, "-c", "from tlswrapper.commands.cli import main; main()",
                 "-f", str(pem), "--", "cat"]
         srv = e2e.TcpServer(argv, env=env).start()
         to_eof, to_exit = [], []

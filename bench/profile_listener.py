@@ -39,7 +39,8 @@ def main() -> int:
     ap.add_argument("--lines", type=int, default=40)
     args = ap.parse_args()
 
-    from tlswrapper import cli, keyclient, listen
+    from tlswrapper.commands import cli, listen
+    from tlswrapper.keys import process as key_process
 
     outdir = Path(tempfile.mkdtemp(prefix="tlsprof-"))
     certs = bench.make_certs(bench.RESULTS / "certs")
@@ -56,10 +57,10 @@ def main() -> int:
         os.close(fd)
 
     original_serve = listen.spare_main
-    original_main = keyclient._key_process_main
+    original_main = key_process._key_process_main
 
     if args.key:
-        original_factory = keyclient._local_factory
+        original_factory = key_process._local_factory
         opened = []
 
         def factory(jail):
@@ -77,7 +78,7 @@ def main() -> int:
                 profile.disable()
                 if opened:
                     dump(profile, opened[0])
-        keyclient._key_process_main = key_main
+        key_process._key_process_main = key_main
     else:
         def serve(sock, close, opts, nofile=None):
             fd = os.open(outdir / f"{os.getpid()}.prof", os.O_WRONLY | os.O_CREAT, 0o600)

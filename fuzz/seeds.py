@@ -17,7 +17,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 import targets  # noqa: E402
 from tls13client import TLS13Client  # noqa: E402
-from tlswrapper import ipc, proxyproto  # noqa: E402
+from tlswrapper import ipc  # noqa: E402
+from tlswrapper.net import proxyproto  # noqa: E402
 from tlswrapper.tls import messages as m  # noqa: E402
 from tlswrapper.tls import record  # noqa: E402
 from tlswrapper.tls import suites as s  # noqa: E402
@@ -180,7 +181,7 @@ def proxy_seeds() -> dict[str, bytes]:
            "tcp6": bytes((3 * 2 + 0,)) + proxyproto.build(("2001:db8::1", 1), ("::1", 65535)),
            "unknown": bytes((3 * 80 + 1,)) + b"PROXY UNKNOWN whatever\r\n"}
     try:
-        from tlswrapper import proxyproto2
+        from tlswrapper.net import proxyproto2
     except ImportError:
         return out
     out["v2-tcp4"] = bytes((3 * 40 + 2,)) + proxyproto2.build(("192.0.2.1", 1), ("10.0.0.1", 443)) \
@@ -220,10 +221,47 @@ def connected12_seeds() -> dict[str, bytes]:
             "ccs-and-warnings": _sealed((20, b"\x01"), (21, b"\x01\x64"), (21, b"\x01\x00"))}
 
 
+def keyservice_seeds() -> dict[str, bytes]:
+    """The calls of whole handshakes as the engine makes them (the harness maps cert0 and
+    cert1 to its files), and a few an attacker would try."""
+    from cryptography.hazmat.primitives.asymmetric import x25519
+
+    def frames(*calls: tuple[str, tuple]) -> bytes:
+        return b"".join(ipc.encode(ipc.OPCODES[name], args) for name, args in calls)
+    share = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    hello = hostile.client_hello()
+    body = b"\x03\x03" + b"s" * 32 + b"\x00\x13\x01\x00\x00\x28\x00\x33\x00\x24\x00\x1d\x00\x20"
+    head = bytes([s.HS_SERVER_HELLO]) + (len(body) + 32).to_bytes(3, "big") + body
+    ee = handshake_message(s.HS_ENCRYPTED_EXTENSIONS, b"\x00\x00")
+    record = b"\x17\x03\x03\x00\x15" + b"r" * 21
+    tls13 = (("ready", ()), ("load", (["cert0", "cert1"],)), ("select", (0,)),
+             ("server_flight13", (s.X25519, share, 0x1301, s.ECDSA_SECP256R1_SHA256, [hello],
+                                  head, [ee], False)),
+             ("seal", ([(23, b"hello")],)), ("open", ([record],)), ("activate", (0,)),
+             ("key_update", (1,)), ("seal", ([(21, b"\x01\x00")],)))
+    tls12 = (("load", (["cert1"],)), ("select", (0,)),
+             ("server_key_exchange12", (s.X25519, s.RSA_PSS_RSAE_SHA256, b"c" * 32,
+                                        b"s" * 32)),
+             ("derive12_finished", (s.TLS12, 0xC02F, share, b"c" * 32, b"s" * 32, [hello],
+                                    True, False)),
+             ("activate", (0,)), ("open", ([record],)), ("seal", ([(23, b"x")],)))
+    client_auth12 = tls12[:3] + (
+        ("derive12", (s.TLS12, 0xC02F, share, b"c" * 32, b"s" * 32, b"h" * 32, False)),
+        ("finished12", (0, b"h" * 32)), ("activate", (0,)), ("activate", (1,)),
+        ("seal_finished12", (b"h" * 32,)))
+    return {"tls13": frames(*tls13), "tls12": frames(*tls12),
+            "tls12-client-auth": frames(*client_auth12),
+            "rsa-key-with-an-ecdsa-scheme": frames(("load", (["cert0", "cert1"],)),
+                                               ("select", (1,)), *tls13[3:4]),
+            "attacker-paths": frames(("load", (["/etc/shadow", "cert0/../x"],))),
+            "attacker-anchor": frames(("read_anchor", ("/etc/shadow",)))}
+
+
 SEEDS = {"messages": messages_seeds, "wire": wire_seeds, "record": record_seeds,
          "protect": protect_seeds, "engine12": engine12_seeds, "engine13": engine13_seeds,
          "proxy": proxy_seeds, "ipc": ipc_seeds,
-         "connected12": connected12_seeds, "connected13": connected13_seeds}
+         "connected12": connected12_seeds, "connected13": connected13_seeds,
+         "keyservice": keyservice_seeds}
 
 
 def main() -> None:

@@ -20,9 +20,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from tlswrapper import ipc, proxyproto
+from tlswrapper import ipc
 from tlswrapper.keys import protect
+from tlswrapper.keys import service as key_service
+from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
+from tlswrapper.keys.order import CallOrder
+from tlswrapper.net import proxyproto
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import record, suites
 from tlswrapper.tls.config import ServerConfig
@@ -33,7 +37,7 @@ from tlswrapper.tls.wire import DecodeError, Reader
 # libFuzzer's -max_len per target: the engine's flights and the largest ClientHello need room.
 MAX_LEN = {"messages": 8192, "wire": 4096, "record": 40000, "protect": 20000,
            "engine12": 40000, "engine13": 40000, "proxy": 4096, "ipc": 16384,
-           "connected12": 20000, "connected13": 20000}
+           "connected12": 20000, "connected13": 20000, "keyservice": 16384}
 
 # --- every parse_* of tls/messages.py ---------------------------------------------------------
 
@@ -441,9 +445,48 @@ def fuzz_ipc(data: bytes) -> None:
             os.close(w)
 
 
+# --- keys/service.py: the key process against a hostile network process -------------------
+
+# Names the harness turns into the configured certificate files, so that a mutated load can
+# name them; every other name stays as the fuzzer wrote it (and ends the key process).
+CERT_NAMES = ("cert0", "cert1")
+
+
+def fuzz_keyservice(data: bytes) -> None:
+    """Request frames, one after another, to the key process's request handling (the size
+    limits, argument checks and handshake order of keys/service.py and keys/order.py) in front
+    of the real LocalKeyService configured with two certificate files. A frame the key process
+    refuses (IpcError, HostileRequest included) ends the run, as it ends the key process;
+    anything else escaping is a bug, and every answer must be one well-formed frame."""
+    paths = _cert_paths()
+    service = LocalKeyService(files=KeyFiles([("file", p) for p in paths]))
+    order = CallOrder(anchor_configured=False)
+    pos = 0
+    while len(data) - pos >= ipc.HEADER_SIZE:
+        n, opcode = ipc.HEADER.unpack_from(data, pos)
+        if n > key_service.REQUEST_LIMITS.get(opcode, -1) or n > len(data) - pos - 5:
+            return      # refused from its header, or cut short: the key process ends
+        frame = data[pos:pos + ipc.HEADER_SIZE + n]
+        pos += ipc.HEADER_SIZE + n
+        try:
+            opcode, args = ipc.decode(frame)
+        except ipc.IpcError:
+            return
+        if opcode == ipc.OPCODES["load"] and type(args) is tuple and len(args) == 1 \
+                and type(args[0]) is list:
+            args = ([paths[CERT_NAMES.index(a)] if a in CERT_NAMES else a
+                     for a in args[0]],)
+        try:
+            answer = key_service._answer((opcode, args), service, order, None)
+        except ipc.IpcError:
+            return
+        op, _value = ipc.decode(b"".join(bytes(p) for p in answer))
+        assert op in (ipc.OP_OK, ipc.OP_ERR)
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "messages": fuzz_messages, "wire": fuzz_wire, "record": fuzz_record,
     "protect": fuzz_protect, "engine12": fuzz_engine12, "engine13": fuzz_engine13,
     "connected12": fuzz_connected12, "connected13": fuzz_connected13,
-    "proxy": fuzz_proxy, "ipc": fuzz_ipc,
+    "proxy": fuzz_proxy, "ipc": fuzz_ipc, "keyservice": fuzz_keyservice,
 }

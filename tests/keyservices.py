@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tlswrapper.keyclient import start_key_process
+from tlswrapper.keys.process import start_key_process
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tlswrapper.certfiles import candidate_paths, fixpath, normalize_hostname
+from tlswrapper.net.certfiles import candidate_paths, fixpath, normalize_hostname
 
 D = ("dir", "/etc/tlswrapper/ecdsa.d")
 F = ("file", "/etc/tlswrapper/rsa.pem")

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tlswrapper.child import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
+from tlswrapper.net.prog import (ALLOWED_ENV, EXIT_FAILURE, ChildError, Prog, connection_addresses,
                               exit_code, inherited_fds, start_prog)
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="switching accounts needs root")
@@ -325,7 +325,7 @@ def test_prog_after_network_process_jails(tmp_path) -> None:
     with RLIMIT_NOFILE and RLIMIT_NPROC at 0."""
     code = """
 import os, resource, sys
-from tlswrapper.child import start_prog
+from tlswrapper.net.prog import start_prog
 prog = start_prog(["/bin/sh", "-c", "echo ran:$TCPREMOTEIP"])
 resource.setrlimit(resource.RLIMIT_NOFILE, (0, 0))
 resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
@@ -410,3 +410,58 @@ def test_delayed_encryption_fds_in_the_forked_child() -> None:
     assert os.read(prog.control_in, 1) == b"x"
     os.write(prog.ack_out, b"\0")
     assert finish(prog) == (b"65534\n", 0)
+
+
+def _live(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+@needs_root
+def test_end_switch_reaches_prog_from_the_jail_and_nothing_else():
+    """Prog.arm_end_signal, made as root before the jail, lets the jailed process (another
+    uid: kill(2) on prog fails) end prog. An attacker holding that process tries the same
+    switch on another root process (F_SETOWN to its pid, SIGKILL, a byte written): the kernel
+    records the jailed credentials with the new owner and the victim lives; kill(2) on it
+    fails too."""
+    prog = subprocess.Popen(["sleep", "60"])
+    victim = subprocess.Popen(["sleep", "60"])
+    handle = Prog(prog.pid, ("sleep",), -1, -1, None)
+    try:
+        handle.arm_end_signal()
+        jailed = os.fork()
+        if jailed == 0:
+            code = 1
+            try:
+                os.setgroups([])
+                os.setresgid(65534, 65534, 65534)
+                os.setresuid(65534, 65534, 65534)
+                try:
+                    os.kill(prog.pid, signal.SIGTERM)
+                    code = 2              # the jail would not need the switch
+                except PermissionError:
+                    if handle._signal(signal.SIGKILL):
+                        r, w = handle.end_switch
+                        import fcntl
+                        fcntl.fcntl(r, fcntl.F_SETOWN, victim.pid)      # the attacker's move
+                        fcntl.fcntl(r, 10, signal.SIGKILL)              # F_SETSIG
+                        os.write(w, b"\0")
+                        try:
+                            os.kill(victim.pid, signal.SIGKILL)
+                        except PermissionError:
+                            code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(jailed, 0)[1] == 0
+        assert prog.wait(10) == -signal.SIGKILL, "prog ended through the switch"
+        time.sleep(0.2)
+        assert _live(victim.pid), "the switch reached another process"
+    finally:
+        for p in (prog, victim):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        handle.disarm()

@@ -56,7 +56,7 @@ from pathlib import Path
 import pytest
 
 from tlswrapper import log
-from tlswrapper.cli import (EXIT_USAGE, USAGE, OptionError, Options, UsageError, main, parse)
+from tlswrapper.commands.cli import (EXIT_USAGE, USAGE, OptionError, Options, UsageError, main, parse)
 from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig
 
@@ -326,9 +326,9 @@ def test_unreadable_files(files: Path) -> None:
 # -- main: hand-over and the guard against tracebacks ------------------------------------------
 
 def _fake_relay(monkeypatch: pytest.MonkeyPatch, run) -> None:
-    mod = types.ModuleType("tlswrapper.relay")
+    mod = types.ModuleType("tlswrapper.net.start")
     mod.run = run  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "tlswrapper.relay", mod)
+    monkeypatch.setitem(sys.modules, "tlswrapper.net.start", mod)
 
 
 def test_main_hands_options_to_relay(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -354,7 +354,7 @@ def test_main_relay_exception_is_one_fatal_line(files: Path, monkeypatch: pytest
 
 def test_main_relay_missing(files: Path, monkeypatch: pytest.MonkeyPatch,
                             capfd: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setitem(sys.modules, "tlswrapper.relay", None)   # makes the import fail
+    monkeypatch.setitem(sys.modules, "tlswrapper.net.start", None)   # makes the import fail
     with pytest.raises(SystemExit) as exc:
         main(["-f", "ec.pem", "prog"])
     assert exc.value.code == 111
@@ -375,7 +375,7 @@ def test_main_keyboard_interrupt(files: Path, monkeypatch: pytest.MonkeyPatch,
 def test_console_script_no_traceback(files: Path) -> None:
     """As a real process: a usage error, then a bad file, give one line and exit 100."""
     for args in (["-x"], ["-f", "/nonexist", "true"]):
-        res = subprocess.run([sys.executable, "-m", "tlswrapper.cli", *args],
+        res = subprocess.run([sys.executable, "-m", "tlswrapper.commands.cli", *args],
                              capture_output=True, text=True, timeout=60)
         assert res.returncode == 100 and res.stdout == ""
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("tlswrapper: fatal: ")

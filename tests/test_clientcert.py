@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.x509.oid import NameOID
 from test_engine_12 import ALL_GROUPS, SslWire, client_context, handshake_messages
 
-from tlswrapper import clientcert, sslenv
-from tlswrapper.keyclient import start_key_process
+from tlswrapper.keys.process import start_key_process
+from tlswrapper.net import clientcert, sslenv
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import LocalKeyService
 from tlswrapper.tls import messages as m
@@ -525,7 +525,7 @@ def test_engine_without_request_sends_no_certificate_request(pki):
 
 
 def test_no_cryptography_in_tls_package():
-    root = os.path.join(os.path.dirname(clientcert.__file__), "tls")
+    root = os.path.join(os.path.dirname(os.path.dirname(clientcert.__file__)), "tls")
     for name in os.listdir(root):
         if name.endswith(".py"):
             with open(os.path.join(root, name)) as f:

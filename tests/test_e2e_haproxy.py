@@ -500,7 +500,7 @@ def test_haproxys_own_header_bytes_parse(send: str, tmp_path: Path) -> None:
     """The header exactly as haproxy writes it (captured by a plain TCP server behind it),
     through tlswrapper's reader: the client's address and port, the bytes after it intact;
     with CRC32C and unique-id TLVs, a CRC32C changed by one bit is refused."""
-    from tlswrapper.proxyproto import ProxyError, ProxyReader
+    from tlswrapper.net.proxyproto import ProxyError, ProxyReader
     raw = socket.socket()
     raw.bind(("127.0.0.1", 0))
     raw.listen(1)

@@ -15,7 +15,7 @@ from keyservices import key_service_kind, new_key_service  # noqa: F401 (autouse
 from test_engine_12 import SslWire as Wire12
 from tls13client import Options, TLS13Client, Wire
 from tlswrapper import ipc
-from tlswrapper.keyclient import PipeKeyService
+from tlswrapper.net.keyproxy import PipeKeyService
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
 from tlswrapper.tls.events import (CertificateRefused, ConnectionFailed,

@@ -24,10 +24,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from tlswrapper import ipc, jail
-from tlswrapper.keyclient import EXIT_FATAL, KeyProcessDied, start_key_process
+from tlswrapper.exits import EXIT_FAILURE as EXIT_FATAL
+from tlswrapper.keys.process import start_key_process
+from tlswrapper.net.keyproxy import KeyProcessDied
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.local import CERTIFICATE_VERIFY_PREFIX
-from tlswrapper.relay import _KeyProcessJail
+from tlswrapper.net.start import KeyProcessJail
 from tlswrapper.tls import messages
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.secrets import READ, SENDER_CLIENT, WRITE, Candidate, KeyServiceError
@@ -49,7 +51,7 @@ class Victim:
         self.files = files
         if is_root() and os.path.isdir(jail.DEFAULT_JAIL_DIR):
             jail.prepare()
-            key_jail = _KeyProcessJail(None, jail.DEFAULT_JAIL_DIR)
+            key_jail = KeyProcessJail(None, jail.DEFAULT_JAIL_DIR)
         else:
             key_jail = None
         self.jailed = key_jail is not None

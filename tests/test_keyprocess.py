@@ -20,7 +20,8 @@ import time
 import pytest
 
 from tlswrapper import ipc
-from tlswrapper.keyclient import KeyProcessDied, PipeKeyService, start_key_process
+from tlswrapper.keys.process import start_key_process
+from tlswrapper.net.keyproxy import KeyProcessDied, PipeKeyService
 from tlswrapper.keys import service as key_service
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.order import CallOrder

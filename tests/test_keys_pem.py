@@ -251,7 +251,7 @@ def test_key_side_imports_leave_out_dataclasses_and_the_serialization_package() 
     serialization are the same objects either way."""
     import subprocess
     import sys
-    code = ("import sys, tlswrapper.keyclient, tlswrapper.keys.local, tlswrapper.keys.service;"
+    code = ("import sys, tlswrapper.keys.process, tlswrapper.keys.local, tlswrapper.keys.service;"
             "print(sorted(m for m in ('dataclasses', 'inspect', "
             "'cryptography.hazmat.primitives.serialization') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,4 +1,4 @@
-"""PROXY protocol v1 parser and builder (src/tlswrapper/proxyproto.py), without processes.
+"""PROXY protocol v1 parser and builder (src/tlswrapper/net/proxyproto.py), without processes.
 (Version 2 and the reader's -p 0: tests/test_proxyproto2.py.)"""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlswrapper.proxyproto import MAX_LINE, ProxyError, ProxyHeader, ProxyReader, build, parse_line
+from tlswrapper.net.proxyproto import MAX_LINE, ProxyError, ProxyHeader, ProxyReader, build, parse_line
 
 GOOD = [
     (b"PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n",

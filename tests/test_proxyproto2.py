@@ -1,4 +1,4 @@
-"""PROXY protocol v2 (src/tlswrapper/proxyproto2.py) and the reader's version choice (-p 0, 1,
+"""PROXY protocol v2 (src/tlswrapper/net/proxyproto2.py) and the reader's version choice (-p 0, 1,
 2 in proxyproto.ProxyReader), without processes. Headers are written by hand from HAProxy's
 specification (proxy-protocol.txt, section 2.2), not with our builder."""
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tlswrapper.proxyproto import ProxyError, ProxyHeader, ProxyReader
-from tlswrapper.proxyproto2 import build, crc32c, parse
+from tlswrapper.net.proxyproto import ProxyError, ProxyHeader, ProxyReader
+from tlswrapper.net.proxyproto2 import build, crc32c, parse
 
 SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 UNKNOWN_ENV = {"TCPREMOTEIP": "::", "TCPREMOTEPORT": "0", "TCPLOCALIP": "::",

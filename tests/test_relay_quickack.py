@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tlswrapper.relay import TCP_QUICKACK, Relay
+from tlswrapper.net.relay import TCP_QUICKACK, Relay
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="TCP_QUICKACK is Linux's")
 

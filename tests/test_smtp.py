@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, our_command
 
-from tlswrapper import smtp
+from tlswrapper.commands import smtp
 
 FAKE_SERVER = r'''
 import sys, os

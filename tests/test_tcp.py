@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import needs_root, our_command
 
-from tlswrapper import tcp
+from tlswrapper.commands import companion, tcp
 
 
 def test_parse():
@@ -45,20 +45,20 @@ def test_option_errors(args):
 
 
 def test_resolver_reply_parsing():
-    assert tcp._parse_resolver_reply("h", 1, b"A 4 127.0.0.1\nA 6 ::1\nA 4 127.0.0.1\nX\n") == [
-        tcp.Address(socket.AF_INET, "127.0.0.1", 1), tcp.Address(socket.AF_INET6, "::1", 1)]
-    with pytest.raises(tcp.Failure, match="name does not exist"):
-        tcp._parse_resolver_reply("h", 1, b"E name does not exist\n")
-    with pytest.raises(tcp.Failure, match="no address"):
-        tcp._parse_resolver_reply("h", 1, b"A 4 not-an-ip\n")
+    assert companion.parse_resolver_reply("h", 1, b"A 4 127.0.0.1\nA 6 ::1\nA 4 127.0.0.1\nX\n") == [
+        companion.Address(socket.AF_INET, "127.0.0.1", 1), companion.Address(socket.AF_INET6, "::1", 1)]
+    with pytest.raises(companion.Failure, match="name does not exist"):
+        companion.parse_resolver_reply("h", 1, b"E name does not exist\n")
+    with pytest.raises(companion.Failure, match="no address"):
+        companion.parse_resolver_reply("h", 1, b"A 4 not-an-ip\n")
 
 
 def test_resolve_in_a_child():
-    addrs = tcp.resolve("localhost", 7, 10)
+    addrs = companion.resolve("localhost", 7, 10)
     assert addrs and all(a.port == 7 for a in addrs)
-    assert tcp.resolve("::1", 7, 10) == [tcp.Address(socket.AF_INET6, "::1", 7)]
-    with pytest.raises(tcp.Failure, match="unable to resolve host 'nonexistent.invalid'"):
-        tcp.resolve("nonexistent.invalid", 7, 10)
+    assert companion.resolve("::1", 7, 10) == [companion.Address(socket.AF_INET6, "::1", 7)]
+    with pytest.raises(companion.Failure, match="unable to resolve host 'nonexistent.invalid'"):
+        companion.resolve("nonexistent.invalid", 7, 10)
 
 
 def test_usage_line_exit_100():

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tlswrapper import cli, warmup
+from tlswrapper import warmup
+from tlswrapper.commands import cli
 from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites
 
@@ -35,14 +36,14 @@ def test_the_key_service_is_never_asked() -> None:
 def test_key_side_calls_are_recorded_by_a_helper_and_replayed(pki) -> None:
     options = cli.parse(["-f", str(pki.ecdsa_p256.path), "cat"])
     assert warmup.record_key_side(options.server_config()) > 3
-    names = [name for name, _ in warmup._replay]
+    names = [name for name, _ in warmup.REPLAY.calls]
     assert names[:3] == ["load", "select", "server_flight13"]
-    assert warmup._replay_fd >= 0
-    fd = warmup._replay_fd
+    assert warmup.REPLAY.fd >= 0
+    fd = warmup.REPLAY.fd
     data = os.pread(fd, 1 << 16, 0)
     assert b"PRIVATE KEY" in data and b"CERTIFICATE" in data
     assert warmup.key_side() >= 3
-    assert warmup._replay_fd == -1       # key_side closed it
+    assert warmup.REPLAY.fd == -1       # key_side closed it
     with pytest.raises(OSError):
         os.fstat(fd)
 
@@ -59,8 +60,8 @@ def test_helper_handshakes_follow_the_configuration(pki) -> None:
 def test_network_process_drops_the_throwaway_file(pki) -> None:
     options = cli.parse(["-f", str(pki.ecdsa_p256.path), "cat"])
     assert warmup.record_key_side(options.server_config())
-    fd = warmup._replay_fd
+    fd = warmup.REPLAY.fd
     warmup.close_key_file()
-    assert warmup._replay_fd == -1
+    assert warmup.REPLAY.fd == -1
     with pytest.raises(OSError):
         os.fstat(fd)

@@ -17,7 +17,7 @@ import pwd
 import resource
 import stat
 
-from .tls.frozen import Frozen, init
+from tlswrapper.tls.frozen import Frozen, init
 
 # ctypes is imported by prepare(), not here: the CLI imports this module for DEFAULT_JAIL_DIR
 # and the per-connection commands (tlswrapper-tcp, -smtp) need no prctl before their jail.
@@ -100,7 +100,12 @@ def prepare() -> None:
     _libc = libc
 
 
-def _prctl(option: int, arg: int = 0) -> int:
+def loaded_libc() -> ctypes.CDLL | None:
+    """The libc handle prepare() made, or None before it (see keys/process.py)."""
+    return _libc
+
+
+def prctl(option: int, arg: int = 0) -> int:
     prepare()
     if _libc is None:          # prepare() sets it or raises; this keeps the type checker sure
         raise JailError("libc not loaded")
@@ -113,7 +118,7 @@ def _prctl(option: int, arg: int = 0) -> int:
 
 
 def get_dumpable() -> int:
-    return _prctl(PR_GET_DUMPABLE)
+    return prctl(PR_GET_DUMPABLE)
 
 
 def lookup_account(name: str) -> Account:
@@ -259,7 +264,7 @@ def jail(account: str | Account | None = None, jail_dir: str = DEFAULT_JAIL_DIR,
         step = f"setuid({acct.uid})"
         os.setresuid(acct.uid, acct.uid, acct.uid)
         step = "prctl PR_SET_DUMPABLE"
-        _prctl(PR_SET_DUMPABLE, 0)
+        prctl(PR_SET_DUMPABLE, 0)
     except OSError as e:
         raise JailError(f"unable to {step} ({_reason(e)})") from None
     except ValueError as e:       # setrlimit with a value above the current hard limit

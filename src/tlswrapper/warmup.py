@@ -26,12 +26,12 @@ from __future__ import annotations
 import marshal
 import os
 
-from .tls import messages as m
-from .tls import suites
-from .tls.events import ClientHelloReceived
-from .tls.record import plaintext_records
-from .tls.server import ServerConnection
-from .tls.wire import handshake_message
+from tlswrapper.tls import messages as m
+from tlswrapper.tls import suites
+from tlswrapper.tls.events import ClientHelloReceived
+from tlswrapper.tls.record import plaintext_records
+from tlswrapper.tls.server import ServerConnection
+from tlswrapper.tls.wire import handshake_message
 
 
 class _NoKeys:
@@ -97,12 +97,26 @@ def _throwaway_pem() -> bytes:
         + cert.public_bytes(serialization.Encoding.PEM)
 
 
-# Set in the listener by record_key_side(): the key service calls of one TLS handshake
-# (ECDSA, TLS 1.3 where the configuration allows it) and the memfd holding that handshake's
-# throw-away certificate and key.
-_replay: list[tuple[str, tuple]] = []
-_replay_fd = -1
 MAX_RECORD = 1 << 20        # the recorded calls, marshalled (a handshake's are ~5 KiB)
+
+
+class Replay:
+    """What key_side() replays, set in the listener by record_key_side(): the key service
+    calls of one TLS handshake (ECDSA, TLS 1.3 where the configuration allows it) and the
+    memfd holding that handshake's throw-away certificate and key (-1: none)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple]] = []
+        self.fd = -1
+
+    def take_fd(self) -> int:
+        """The memfd, now the caller's to close (-1: none); this object forgets it."""
+        fd, self.fd = self.fd, -1
+        return fd
+
+
+# The listener's one Replay; its forks (spares, their key processes) inherit it.
+REPLAY = Replay()
 
 
 class _Recorder:
@@ -127,15 +141,14 @@ def key_side() -> int:
     touches are copied now rather than while the client waits. It reads only the throw-away
     certificate (the memfd) and keeps nothing; the memfd is closed here. Needs no jail.
     Returns the calls that succeeded. Never raises."""
-    global _replay_fd
-    fd, _replay_fd = _replay_fd, -1
+    fd = REPLAY.take_fd()
     if fd < 0:
         return 0
     done = 0
     try:
-        from .keys.local import LocalKeyService
+        from tlswrapper.keys.local import LocalKeyService
         keys = LocalKeyService()
-        for name, args in _replay:
+        for name, args in REPLAY.calls:
             if name == "load":
                 args = ([f"/proc/self/fd/{fd}"],)
             try:
@@ -153,8 +166,7 @@ def key_side() -> int:
 def close_key_file() -> None:
     """In a network process: drop the descriptor of the throw-away certificate and key (its
     key process, forked already, has it)."""
-    global _replay_fd
-    fd, _replay_fd = _replay_fd, -1
+    fd = REPLAY.take_fd()
     if fd >= 0:
         os.close(fd)
 
@@ -164,8 +176,8 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
     With `record`, the key service calls are kept for key_side()."""
     import ssl
 
-    from .keys.local import LocalKeyService
-    from .tls.events import ApplicationData, ConnectionFailed
+    from tlswrapper.keys.local import LocalKeyService
+    from tlswrapper.tls.events import ApplicationData, ConnectionFailed
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -204,7 +216,7 @@ def _handshake(config, path: str, version, record: bool = False) -> bool:
             to_client.write(out)
         elif echoed:
             if record:
-                _replay[:] = keys.calls
+                REPLAY.calls[:] = keys.calls
             return True
     return False
 
@@ -219,7 +231,7 @@ def full_handshakes(config, fd: int) -> int:
     completed = 0
     for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
         try:
-            completed += _handshake(config, f"/proc/self/fd/{fd}", version, not _replay)
+            completed += _handshake(config, f"/proc/self/fd/{fd}", version, not REPLAY.calls)
         except Exception:   # noqa: BLE001 -- only a warm-up
             pass
     return completed
@@ -229,7 +241,6 @@ def record_key_side(config) -> int:
     """In the listener, at start: get the calls key_side() replays from a helper process
     (see the module docstring), and keep the memfd it wrote. Returns the number of calls
     recorded (0: no warm-up for key processes). Never raises."""
-    global _replay_fd
     try:
         fd = os.memfd_create("tlswrapper-warm-up", os.MFD_CLOEXEC)
     except (OSError, AttributeError):
@@ -242,8 +253,8 @@ def record_key_side(config) -> int:
             code = 1
             try:
                 os.close(r)
-                if full_handshakes(config, fd) and _replay:
-                    out = marshal.dumps(_replay)
+                if full_handshakes(config, fd) and REPLAY.calls:
+                    out = marshal.dumps(REPLAY.calls)
                     while out:
                         out = out[os.write(w, out):]
                     code = 0
@@ -261,6 +272,6 @@ def record_key_side(config) -> int:
     if not calls:
         os.close(fd)
         return 0
-    _replay[:] = calls
-    _replay_fd = fd
+    REPLAY.calls[:] = calls
+    REPLAY.fd = fd
     return len(calls)

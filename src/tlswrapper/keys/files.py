@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from tlswrapper import certfiles
+from tlswrapper.net import certfiles
 
 # typing only for the type checker (each tcpserver-mode key process imports this module).
 TYPE_CHECKING = False
