@@ -26,7 +26,7 @@ from tlswrapper.tls import messages as m
 from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
 from tlswrapper.tls.events import ConnectionFailed, HandshakeComplete
-from tlswrapper.tls.secrets import KeyServiceError
+from tlswrapper.tls.keyservice import KeyServiceError
 
 VERSIONS = {"tls12": ssl.TLSVersion.TLSv1_2, "tls13": ssl.TLSVersion.TLSv1_3}
 

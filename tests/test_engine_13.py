@@ -15,7 +15,7 @@ from tlswrapper.tls import suites as s
 from tlswrapper.tls.config import ServerConfig
 from tlswrapper.tls.events import (AlertReceived, ApplicationData, ClientHelloReceived,
                                    ConnectionFailed, HandshakeComplete, PeerClosed)
-from tlswrapper.tls.secrets import Unusable
+from tlswrapper.tls.keyservice import Unusable
 from tlswrapper.tls.server import ServerConnection
 from tlswrapper.tls.wire import handshake_message
 
@@ -320,7 +320,7 @@ def test_key_update_not_requested_is_not_answered(pki):
     exchange(w, 100)
 
 
-# The KeyService contract (tls/secrets.py, open): processing stops right after a record
+# The KeyService contract (tls/keyservice.py, open): processing stops right after a record
 # whose content type is not application_data, because it may change the keys; the engine
 # resubmits the rest of the batch under the new key.
 @pytest.mark.parametrize("requested", [True, False])

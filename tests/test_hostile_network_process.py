@@ -32,7 +32,7 @@ from tlswrapper.keys.local import CERTIFICATE_VERIFY_PREFIX
 from tlswrapper.net.start import KeyProcessJail
 from tlswrapper.tls import messages
 from tlswrapper.tls import suites as s
-from tlswrapper.tls.secrets import READ, SENDER_CLIENT, WRITE, Candidate, KeyServiceError
+from tlswrapper.tls.keyservice import READ, SENDER_CLIENT, WRITE, Candidate, KeyServiceError
 from tlswrapper.tls.wire import handshake_message
 
 # The calls the pipe had before it trusted nothing; their opcodes are gone or reused.

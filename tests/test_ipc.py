@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from tlswrapper import ipc
 from tlswrapper.ipc import IpcError
-from tlswrapper.tls.secrets import Candidate, Unusable
+from tlswrapper.tls.keyservice import Candidate, Unusable
 
 # --- values -------------------------------------------------------------------------------------
 

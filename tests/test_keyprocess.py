@@ -26,7 +26,7 @@ from tlswrapper.keys import service as key_service
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.order import CallOrder
 from tlswrapper.tls import suites
-from tlswrapper.tls.secrets import (READ, WRITE, Candidate, KeyRefused, KeyServiceError,
+from tlswrapper.tls.keyservice import (READ, WRITE, Candidate, KeyRefused, KeyServiceError,
                                     Unusable)
 
 

@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x
 
 import keyhelpers as kh
 from tlswrapper.keys import local, pem, protect, schedule12, schedule13
-from tlswrapper.tls import secrets, suites
-from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+from tlswrapper.tls import keyservice, suites
+from tlswrapper.tls.keyservice import Candidate, KeyServiceError, Unusable
 
 HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
           "sha512": hashes.SHA512}
@@ -289,23 +289,23 @@ def test_tls13_key_share_and_schedule_match_an_independent_client(group: int,
     th1 = os.urandom(hash_len)
     svc.derive13_handshake(suite_code, th1)
     ks, c_hs, s_hs = _client13(suite, shared, th1)
-    svc.activate(secrets.WRITE)
-    svc.activate(secrets.READ)
+    svc.activate(keyservice.WRITE)
+    svc.activate(keyservice.READ)
     flight = svc.seal([(suites.HANDSHAKE, b"\x08\x00\x00\x02\x00\x00")])
     assert _prot13(ks, suite, s_hs).open([flight]) == \
         ([(suites.HANDSHAKE, b"\x08\x00\x00\x02\x00\x00")], 0, "")
 
     th2 = os.urandom(hash_len)
-    assert svc.finished13(secrets.SENDER_SERVER, th2) == ks.finished_verify_data(s_hs, th2)
+    assert svc.finished13(keyservice.SENDER_SERVER, th2) == ks.finished_verify_data(s_hs, th2)
     svc.derive13_application(th2)
     c_ap, s_ap = ks.application_traffic_secrets(th2)
-    svc.activate(secrets.WRITE)
+    svc.activate(keyservice.WRITE)
     th3 = os.urandom(hash_len)
-    assert svc.finished13(secrets.SENDER_CLIENT, th3) == ks.finished_verify_data(c_hs, th3)
+    assert svc.finished13(keyservice.SENDER_CLIENT, th3) == ks.finished_verify_data(c_hs, th3)
     # The client's Finished still arrives under the handshake keys.
     fin = _prot13(ks, suite, c_hs).seal([(suites.HANDSHAKE, b"fin")])
     assert svc.open([fin]) == ([(suites.HANDSHAKE, b"fin")], 0, "")
-    svc.activate(secrets.READ)
+    svc.activate(keyservice.READ)
 
     client_read = _prot13(ks, suite, s_ap)
     client_write = _prot13(ks, suite, c_ap)
@@ -313,11 +313,11 @@ def test_tls13_key_share_and_schedule_match_an_independent_client(group: int,
     assert svc.open([client_write.seal([(23, b"hi")])]) == ([(23, b"hi")], 0, "")
 
     # KeyUpdate each way: new generation, sequence numbers from zero.
-    svc.key_update(secrets.WRITE)
+    svc.key_update(keyservice.WRITE)
     s_ap = ks.next_application_secret(s_ap)
     assert _prot13(ks, suite, s_ap).open([svc.seal([(23, b"after")])]) == \
         ([(23, b"after")], 0, "")
-    svc.key_update(secrets.READ)
+    svc.key_update(keyservice.READ)
     c_ap = ks.next_application_secret(c_ap)
     assert svc.open([_prot13(ks, suite, c_ap).seal([(23, b"up")])]) == ([(23, b"up")], 0, "")
     # The old generation no longer opens.
@@ -402,7 +402,7 @@ def test_tls12_derivation_matches_an_independent_client(code: int, version: int,
         master = schedule12.master_secret(version, suite.prf_hash, premaster, cr, sr)
     kb = schedule12.key_block(version, suite, master, cr, sr)
     hh = os.urandom(36 if version < suites.TLS12 else 32)
-    for sender, is_client in ((secrets.SENDER_CLIENT, True), (secrets.SENDER_SERVER, False)):
+    for sender, is_client in ((keyservice.SENDER_CLIENT, True), (keyservice.SENDER_SERVER, False)):
         assert svc.finished12(sender, hh) == schedule12.verify_data(
             version, suite.prf_hash, master, is_client, hh)
 
@@ -412,10 +412,10 @@ def test_tls12_derivation_matches_an_independent_client(code: int, version: int,
                                          kb.server_mac_key, etm)
     with pytest.raises(KeyServiceError):
         svc.seal([(22, b"too early")])
-    svc.activate(secrets.READ)
-    svc.activate(secrets.WRITE)
+    svc.activate(keyservice.READ)
+    svc.activate(keyservice.WRITE)
     with pytest.raises(KeyServiceError):
-        svc.activate(secrets.WRITE)   # nothing pending any more
+        svc.activate(keyservice.WRITE)   # nothing pending any more
     assert svc.open([client_write.seal([(22, b"client finished")])]) == \
         ([(22, b"client finished")], 0, "")
     batch = [(23, os.urandom(n)) for n in (0, 1, 100, suites.MAX_PLAINTEXT)]
@@ -439,16 +439,16 @@ def test_derive12_refuses_suite_version_mismatch_and_missing_key() -> None:
     with pytest.raises(KeyServiceError):
         svc.derive12(suites.TLS13, 0x1301, bytes(32), bytes(32), bytes(32), None)
     with pytest.raises(KeyServiceError):
-        svc.finished12(secrets.SENDER_SERVER, bytes(32))
+        svc.finished12(keyservice.SENDER_SERVER, bytes(32))
 
 
 def test_out_of_order_requests_are_refused() -> None:
     svc = local.LocalKeyService()
     for call in (lambda: svc.derive13_handshake(0x1301, bytes(32)),
-                 lambda: svc.finished13(secrets.SENDER_SERVER, bytes(32)),
+                 lambda: svc.finished13(keyservice.SENDER_SERVER, bytes(32)),
                  lambda: svc.derive13_application(bytes(32)),
-                 lambda: svc.key_update(secrets.WRITE),
-                 lambda: svc.activate(secrets.READ),
+                 lambda: svc.key_update(keyservice.WRITE),
+                 lambda: svc.activate(keyservice.READ),
                  lambda: svc.seal([(23, b"x")]),
                  lambda: svc.open([b"\x17\x03\x03\x00\x00"]),
                  lambda: svc.sign(suites.RSA_PSS_RSAE_SHA256, b"x")):

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import struct
-from tlswrapper.tls.secrets import Candidate, Unusable
+from tlswrapper.tls.keyservice import Candidate, Unusable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:      # typing is not imported at run time (tcpserver mode pays for imports)

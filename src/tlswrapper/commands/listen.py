@@ -42,7 +42,7 @@ from tlswrapper import jail, log
 from tlswrapper.commands import cli
 from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE
 from tlswrapper.net.keyproxy import KeyProcessDied
-from tlswrapper.tls.secrets import KeyServiceError
+from tlswrapper.tls.keyservice import KeyServiceError
 
 DEFAULT_LIMIT = 100          # tcpserver's -c default
 DEFAULT_BACKLOG = 128

@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x
 from tlswrapper.keys import pem, protect, schedule12, schedule13
 from tlswrapper.keys.files import KeyFiles
 from tlswrapper.keys.pem import Encoding, PublicFormat
-from tlswrapper.tls import messages, secrets, suites
+from tlswrapper.tls import keyservice, messages, suites
 from tlswrapper.tls.record import split_fragments
-from tlswrapper.tls.secrets import Candidate, KeyServiceError, Unusable
+from tlswrapper.tls.keyservice import Candidate, KeyServiceError, Unusable
 from tlswrapper.tls.wire import handshake_message
 
 _EC_CURVES = {suites.SECP256R1: ec.SECP256R1, suites.SECP384R1: ec.SECP384R1,
@@ -78,7 +78,7 @@ def _ecdh_shared(private: ec.EllipticCurvePrivateKey, peer: bytes, group: int) -
 
 
 class LocalKeyService:
-    """secrets.KeyService in this process (engine tests; the key process wraps one).
+    """keyservice.KeyService in this process (engine tests; the key process wraps one).
 
     `jail`, when given, is called by load() after the files are read and before anything in
     them is parsed (ARCHITECTURE MUST 4). A jail failure propagates: it is fatal.
@@ -108,7 +108,7 @@ class LocalKeyService:
         self._schedule: schedule13.KeySchedule | None = None
         self._hs_secrets: tuple[bytes, bytes] | None = None     # (client, server)
         self._ap_secrets: list[bytes] | None = None            # [client, server]
-        # Record protection per direction (secrets.READ, secrets.WRITE).
+        # Record protection per direction (keyservice.READ, keyservice.WRITE).
         self._current: list[protect.RecordProtection | None] = [None, None]
         self._pending: list[protect.RecordProtection | None] = [None, None]
 
@@ -304,9 +304,9 @@ class LocalKeyService:
         self._suite = cs
         self._master12 = master
         etm = encrypt_then_mac and cs.mac is not None
-        self._pending[secrets.READ] = protect.new_protection(
+        self._pending[keyservice.READ] = protect.new_protection(
             version, cs, block.client_key, block.client_iv, block.client_mac_key, etm)
-        self._pending[secrets.WRITE] = protect.new_protection(
+        self._pending[keyservice.WRITE] = protect.new_protection(
             version, cs, block.server_key, block.server_iv, block.server_mac_key, etm)
 
     def server_key_exchange12(self, group: int, scheme: int, client_random: bytes,
@@ -332,16 +332,16 @@ class LocalKeyService:
         handshake_hash = b"".join(h.digest() for h in hashes_)
         self.derive12(version, suite, peer_share, client_random, server_random,
                       handshake_hash if extended_master_secret else None, encrypt_then_mac)
-        client_verify = self.finished12(secrets.SENDER_CLIENT, handshake_hash)
+        client_verify = self.finished12(keyservice.SENDER_CLIENT, handshake_hash)
         client_finished = handshake_message(suites.HS_FINISHED, client_verify)
         for h in hashes_:
             h.update(client_finished)
-        self.activate(secrets.WRITE)
+        self.activate(keyservice.WRITE)
         record = self.seal_finished12(b"".join(h.digest() for h in hashes_))
         return client_verify, record
 
     def seal_finished12(self, handshake_hash: bytes) -> bytes:
-        verify_data = self.finished12(secrets.SENDER_SERVER, handshake_hash)
+        verify_data = self.finished12(keyservice.SENDER_SERVER, handshake_hash)
         return self.seal([(suites.HANDSHAKE, handshake_message(suites.HS_FINISHED,
                                                                verify_data))])
 
@@ -349,7 +349,7 @@ class LocalKeyService:
         if self._master12 is None or self._suite is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, "finished12 before derive12")
         return schedule12.verify_data(self._version, self._suite.prf_hash, self._master12,
-                                      sender == secrets.SENDER_CLIENT, handshake_hash)
+                                      sender == keyservice.SENDER_CLIENT, handshake_hash)
 
     # --- TLS 1.3 ----------------------------------------------------------------------------
     def derive13_handshake(self, suite: int, transcript_hash: bytes) -> None:
@@ -369,8 +369,8 @@ class LocalKeyService:
         self._schedule = schedule
         self._suite = cs
         self._version = suites.TLS13
-        self._pending[secrets.READ] = self._protection13(self._hs_secrets[0])
-        self._pending[secrets.WRITE] = self._protection13(self._hs_secrets[1])
+        self._pending[keyservice.READ] = self._protection13(self._hs_secrets[0])
+        self._pending[keyservice.WRITE] = self._protection13(self._hs_secrets[1])
 
     def server_flight13(self, group: int, peer_share: bytes, suite: int, scheme: int,
                         transcript: Sequence[bytes], hello_head: bytes,
@@ -397,8 +397,8 @@ class LocalKeyService:
         h.update(hello_head)
         h.update(share)
         self.derive13_handshake(suite, h.digest())
-        self.activate(secrets.WRITE)
-        self.activate(secrets.READ)
+        self.activate(keyservice.WRITE)
+        self.activate(keyservice.READ)
         for msg in flight:
             h.update(msg)
         signature = self.sign(scheme, CERTIFICATE_VERIFY_PREFIX + h.digest())
@@ -407,15 +407,15 @@ class LocalKeyService:
                 messages.CertificateVerify(scheme, signature)))
         h.update(certificate_verify)
         finished = handshake_message(suites.HS_FINISHED,
-                                     self.finished13(secrets.SENDER_SERVER, h.digest()))
+                                     self.finished13(keyservice.SENDER_SERVER, h.digest()))
         h.update(finished)
         data = b"".join(flight) + certificate_verify + finished
         records = self.seal([(suites.HANDSHAKE, f) for f in split_fragments(data)])
         transcript_hash = h.digest()
         client_verify = b"" if client_auth else \
-            self.finished13(secrets.SENDER_CLIENT, transcript_hash)
+            self.finished13(keyservice.SENDER_CLIENT, transcript_hash)
         self.derive13_application(transcript_hash)
-        self.activate(secrets.WRITE)
+        self.activate(keyservice.WRITE)
         return share, certificate_verify, finished, records, client_verify
 
     def _protection13(self, secret: bytes) -> protect.RecordProtection:
@@ -428,7 +428,7 @@ class LocalKeyService:
     def finished13(self, sender: int, transcript_hash: bytes) -> bytes:
         if self._schedule is None or self._hs_secrets is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, "finished13 without handshake secrets")
-        base_key = self._hs_secrets[0 if sender == secrets.SENDER_CLIENT else 1]
+        base_key = self._hs_secrets[0 if sender == keyservice.SENDER_CLIENT else 1]
         try:
             return self._schedule.finished_verify_data(base_key, transcript_hash)
         except schedule13.ScheduleError as e:
@@ -444,8 +444,8 @@ class LocalKeyService:
         # The handshake traffic secrets stay: the client's Finished (and with client
         # authentication its Certificate) still comes under them.
         self._ap_secrets = [client, server]
-        self._pending[secrets.READ] = self._protection13(client)
-        self._pending[secrets.WRITE] = self._protection13(server)
+        self._pending[keyservice.READ] = self._protection13(client)
+        self._pending[keyservice.WRITE] = self._protection13(server)
 
     def key_update(self, direction: int) -> None:
         if self._schedule is None or self._ap_secrets is None:
@@ -459,7 +459,7 @@ class LocalKeyService:
     # --- records ----------------------------------------------------------------------------
     @staticmethod
     def _check_direction(direction: int) -> None:
-        if direction not in (secrets.READ, secrets.WRITE):
+        if direction not in (keyservice.READ, keyservice.WRITE):
             raise KeyServiceError(suites.INTERNAL_ERROR, f"bad direction {direction}")
 
     def activate(self, direction: int) -> None:
@@ -471,7 +471,7 @@ class LocalKeyService:
         self._pending[direction] = None
 
     def seal(self, records: Sequence[tuple[int, bytes]]) -> bytes:
-        current = self._current[secrets.WRITE]
+        current = self._current[keyservice.WRITE]
         if current is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, "seal without write protection")
         try:
@@ -480,7 +480,7 @@ class LocalKeyService:
             raise KeyServiceError(e.alert, e.reason) from None
 
     def open(self, records: Sequence[bytes]) -> tuple[list[tuple[int, bytes]], int, str]:
-        current = self._current[secrets.READ]
+        current = self._current[keyservice.READ]
         if current is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, "open without read protection")
         return current.open(records)

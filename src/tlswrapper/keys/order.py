@@ -27,7 +27,7 @@ the caller a record per key derivation.
 
 from __future__ import annotations
 
-from tlswrapper.tls.secrets import READ, SENDER_CLIENT, WRITE
+from tlswrapper.tls.keyservice import READ, SENDER_CLIENT, WRITE
 
 START, LOADED, TLS12, TLS13, FAILED = "start", "loaded", "tls12", "tls13", "failed"
 MAX_ALERTS_AFTER_FAILURE = 2
@@ -205,7 +205,7 @@ class CallOrder:
             self.phase = LOADED
         elif name == "server_flight13":
             self.phase = TLS13
-            # Handshake keys both ways, then application keys for WRITE (secrets.py).
+            # Handshake keys both ways, then application keys for WRITE (keyservice.py).
             self._active = [True, True]
             self._app_keys = True
             self._records_since_update = [0, 0]

@@ -17,7 +17,7 @@ from tlswrapper import ipc
 from tlswrapper.keys.files import NameRefused
 from tlswrapper.keys.order import CallOrder, OutOfOrder
 from tlswrapper.tls import suites
-from tlswrapper.tls.secrets import KeyServiceError
+from tlswrapper.tls.keyservice import KeyServiceError
 
 # typing is not imported at run time (each tcpserver-mode connection imports this module).
 TYPE_CHECKING = False

@@ -12,7 +12,7 @@ import time
 
 from tlswrapper import ipc
 from tlswrapper.tls import suites
-from tlswrapper.tls.secrets import Candidate, KeyRefused, KeyServiceError, Unusable
+from tlswrapper.tls.keyservice import Candidate, KeyRefused, KeyServiceError, Unusable
 
 # typing is not imported at run time (each tcpserver-mode connection imports this module).
 TYPE_CHECKING = False
@@ -80,7 +80,7 @@ def _flight13(v: Any) -> tuple[bytes, bytes, bytes, bytes, bytes]:
 class PipeKeyService:
     """The KeyService of the engine in production: each call that answers something is one
     request/answer round trip to the key process; select(), activate() and key_update() are
-    deferred and sent in the same write as the next call (secrets.py: "Round trips"): a failed
+    deferred and sent in the same write as the next call (keyservice.py: "Round trips"): a failed
     select is raised by that call as KeyRefused. Not thread-safe (one connection, one
     thread)."""
 

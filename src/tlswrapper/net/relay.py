@@ -24,7 +24,7 @@ from tlswrapper.net.sslenv import ClientIdentity
 from tlswrapper.tls import suites
 from tlswrapper.tls.events import (AlertReceived, ApplicationData, CertificateRefused,
                          ClientHelloReceived, ConnectionFailed, HandshakeComplete, PeerClosed)
-from tlswrapper.tls.secrets import Unusable
+from tlswrapper.tls.keyservice import Unusable
 
 # typing is not imported at run time (each tcpserver-mode connection imports this module).
 TYPE_CHECKING = False

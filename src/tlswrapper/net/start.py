@@ -18,7 +18,7 @@ from tlswrapper.net import proxyproto
 from tlswrapper.net.keyproxy import KeyProcessDied
 from tlswrapper.net.prog import ChildError, Prog, connection_addresses, drop_inherited, start_prog
 from tlswrapper.net.relay import Relay
-from tlswrapper.tls.secrets import KeyServiceError
+from tlswrapper.tls.keyservice import KeyServiceError
 from tlswrapper.tls.server import ServerConnection
 
 

@@ -27,7 +27,7 @@ from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientH
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
-from .secrets import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
+from .keyservice import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
                       KeyServiceError, Unusable)
 from .wire import DecodeError, Reader, handshake_message
 
