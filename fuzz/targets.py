@@ -478,7 +478,7 @@ def fuzz_keyservice(data: bytes) -> None:
             args = ([paths[CERT_NAMES.index(a)] if a in CERT_NAMES else a
                      for a in args[0]],)
         try:
-            answer = key_service._answer((opcode, args), service, order, None)
+            answer = key_service.answer((opcode, args), service, order, None)
         except ipc.IpcError:
             return
         op, _value = ipc.decode(b"".join(bytes(p) for p in answer))
