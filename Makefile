@@ -30,12 +30,17 @@ DEMO_PACKAGES := ucspi-tcp python3-venv
 DEMO_HOST := 127.0.0.1
 DEMO_PORT := 8443
 
-.PHONY: test demo bench fuzz deps demo-deps venv bytecode jaildir clean distclean
+.PHONY: test unit demo bench fuzz deps demo-deps venv bytecode jaildir clean distclean
 # deps must finish before the venv is made (python3-venv); keep the steps in order.
 .NOTPARALLEL:
 
 test: deps venv bytecode jaildir
 	$(VPY) -m pytest -q -ra $(PYTEST_ARGS)
+
+# The engine, parser and key-side tests (tests/conftest.py's UNIT_FILES): no root, no Debian
+# package, under a minute.
+unit: venv
+	$(VPY) -m pytest -q -ra -m unit $(PYTEST_ARGS)
 
 deps:
 	@scripts/ensure-debian-packages $(TEST_PACKAGES)

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 sys.path.insert(0, str(HERE))
 
-import e2e  # noqa: E402  (tests/e2e.py: tcpserver and /proc helpers)
+import e2e  # noqa: E402  (tests/support/e2e.py: tcpserver and /proc helpers)
 import run as bench  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Write the seed inputs of every target into fuzz/corpus/<target>/seed-<name> (valid inputs
 the fuzzer starts from and mutates). Rule: seeds are made with the project's builders, the
-test clients (tests/tls13client.py) and OpenSSL through Python's ssl, never by hand.
+test clients (tests/support/tls13client.py) and OpenSSL through Python's ssl, never by hand.
 
     .venv/bin/python fuzz/seeds.py          # (re)writes the seed-* files; found-* stay"""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "support"))
 
 import targets  # noqa: E402
 from tls13client import TLS13Client  # noqa: E402
@@ -24,7 +24,7 @@ from tlswrapper.tls import record  # noqa: E402
 from tlswrapper.tls import suites as s  # noqa: E402
 from tlswrapper.tls.wire import handshake_message  # noqa: E402
 
-import hostile  # noqa: E402  (tests/hostile.py)
+import hostile  # noqa: E402  (tests/support/hostile.py)
 
 
 def _parser_index(name: str) -> int:

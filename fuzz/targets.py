@@ -283,9 +283,10 @@ def fuzz_engine13(data: bytes) -> None:
 # --- the engine once connected: records sealed under the client's real keys --------------
 
 def _test_clients():
-    """tests/ holds the in-test TLS clients (their own key schedules, written from the RFCs):
+    """tests/support/ holds the in-test TLS clients (their own key schedules, from the RFCs):
     the fuzzer completes a real handshake with them, then seals what it makes up."""
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests",
+                         "support")
     if tests not in sys.path:
         sys.path.insert(0, tests)
     import hostile
@@ -324,8 +325,8 @@ def _drive_connected(conn: ServerConnection, seal: Callable[[int, bytes], bytes]
 
 
 def fuzz_connected13(data: bytes) -> None:
-    """A real TLS 1.3 handshake (tests/tls13client.py), then made-up records sealed under the
-    client's application keys: KeyUpdate floods, alerts, empty records, any inner type. A
+    """A real TLS 1.3 handshake (tests/support/tls13client.py), then made-up records sealed under
+    the client's application keys: KeyUpdate floods, alerts, empty records, any inner type. A
     KeyUpdate the client sends switches its keys, as a real client's would."""
     _, _, tls13client = _test_clients()
     keys = LocalKeyService()
@@ -345,7 +346,7 @@ def fuzz_connected13(data: bytes) -> None:
 
 
 def fuzz_connected12(data: bytes) -> None:
-    """A real TLS 1.2 handshake (tests/tls12client.py, AES-128-GCM, EMS), then made-up
+    """A real TLS 1.2 handshake (tests/support/tls12client.py, AES-128-GCM, EMS), then made-up
     records sealed under the client's keys: renegotiation ClientHellos, alerts, CCS..."""
     hostile, tls12client, _ = _test_clients()
     keys = LocalKeyService()
@@ -477,7 +478,7 @@ def fuzz_keyservice(data: bytes) -> None:
             args = ([paths[CERT_NAMES.index(a)] if a in CERT_NAMES else a
                      for a in args[0]],)
         try:
-            answer = key_service._answer((opcode, args), service, order, None)
+            answer = key_service.answer((opcode, args), service, order, None)
         except ipc.IpcError:
             return
         op, _value = ipc.decode(b"".join(bytes(p) for p in answer))

@@ -1,142 +1,45 @@
-"""Shared test fixtures and helpers. Rule: nothing here knows tlswrapper's internals; it
-provides a PKI, ports, external tools and subprocess plumbing.
+"""The fixtures and hooks every test shares: the session's PKI, the needs_root skip and the
+`unit` marker. Rule: nothing here knows tlswrapper's internals; the helpers (ports, root
+checks, external tools, subprocess plumbing) are in tests/support/testenv.py.
 
-Import the helpers in a test module with
-    from conftest import free_port, wait_for_port, is_root, needs_root, which, run
-(pyproject.toml puts tests/ on sys.path, so `import certs` works too).
-
-External tools (openssl, gnutls-cli, curl, tcpserver, socat, busybox, chromium, Debian's
-tlswrapper) are installed by `make test`. Outside CI a missing tool skips the test; under CI
-(CI=true in the environment) it fails, so that a missing install step cannot hide as a skip.
+Test modules import helpers from tests/support/ (pyproject.toml puts it on sys.path):
+    from testenv import free_port, wait_for_port, is_root, needs_root, which, run
+    from certs import PKI
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import pytest
 from certs import PKI
-
-REPO = Path(__file__).resolve().parent.parent
-
-# tool -> the Debian package that provides it (what `make test` installs)
-DEBIAN_PACKAGE = {
-    "openssl": "openssl",
-    "gnutls-cli": "gnutls-bin",
-    "gnutls-serv": "gnutls-bin",
-    "curl": "curl",
-    "tcpserver": "ucspi-tcp",
-    "socat": "socat",
-    "busybox": "busybox",
-    "chromium": "chromium",
-    "tlswrapper": "tlswrapper",
-    "tlswrapper-tcp": "tlswrapper",
-    "tlswrapper-smtp": "tlswrapper",
-    "haproxy": "haproxy",
-    "systemd-socket-activate": "systemd",
-}
-
-# Debian's C tlswrapper, by absolute path: `tlswrapper` on PATH may be ours (the venv's).
-DEBIAN_TLSWRAPPER = "/usr/bin/tlswrapper"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def is_root() -> bool:
-    return os.geteuid() == 0
-
-
-needs_root = pytest.mark.skipif(not is_root(), reason="needs root")
-
-
-def which(tool: str) -> str:
-    """The absolute path of an external tool, or skip the test (fail under CI) when missing."""
-    path = shutil.which(tool)
-    if path is None and os.path.isabs(tool) and os.access(tool, os.X_OK):
-        path = tool
-    if path is None:
-        package = DEBIAN_PACKAGE.get(os.path.basename(tool), "?")
-        msg = f"{tool} not installed (Debian package {package}; `make test` installs it)"
-        if in_ci():
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
-
-
-def debian_tlswrapper(name: str = "tlswrapper") -> str:
-    """Path of Debian's C tlswrapper (or tlswrapper-tcp / tlswrapper-smtp); skip if absent."""
-    return which(f"/usr/bin/{name}")
-
-
-def our_command(name: str = "tlswrapper") -> str:
-    """Path of our console script in the running venv (beside sys.executable)."""
-    path = Path(sys.executable).parent / name
-    if not path.exists():
-        pytest.fail(f"{path} missing: run `pip install -e .` (make test does)")
-    return str(path)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, close)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0,
-                  proc: subprocess.Popen | None = None) -> None:
-    """Wait until something accepts TCP connections on host:port (e.g. a tcpserver just
-    started). Fails early if proc has exited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"nothing listening on {host}:{port} after {timeout}s") from None
-            time.sleep(0.05)
-
-
-def run(cmd: Sequence[str | os.PathLike], input: bytes | str | None = None,
-        timeout: float = 60.0, env: Mapping[str, str] | None = None,
-        check: bool = False, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess:
-    """Run cmd, capture stdout/stderr (bytes, or str when input is a str), and return the
-    CompletedProcess. A timeout raises subprocess.TimeoutExpired after killing the process;
-    check=True raises on a non-zero exit with stderr in the message."""
-    text = isinstance(input, str)
-    proc = subprocess.run([os.fspath(c) for c in cmd], input=input, capture_output=True,
-                          check=False, timeout=timeout,
-                          env=None if env is None else dict(env), cwd=cwd, text=text,
-                          stdin=subprocess.DEVNULL if input is None else None)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{cmd!r} exited {proc.returncode}: {proc.stderr!r}")
-    return proc
-
+from testenv import (  # noqa: F401  (re-exported: `from testenv import ...` still works)
+    DEBIAN_PACKAGE, DEBIAN_TLSWRAPPER, REPO, debian_tlswrapper, free_port, in_ci, is_root,
+    needs_root, our_command, run, wait_for_port, which)
 
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    """The session's test PKI (see tests/certs.py), generated once into a temporary dir."""
+    """The session's test PKI (see tests/support/certs.py), generated once into a temporary dir."""
     directory = tmp_path_factory.mktemp("pki")
     # tlswrapper turns "/." into "/:" in every path it opens: keep fixture paths clear of it.
     assert "/." not in str(directory), f"temp dir {directory} has a '/.' in it"
     return PKI.create(directory)
 
 
+# `pytest -m unit`: the engine, parser and key-side tests. They run in memory or with local
+# processes only: no root, no Debian package (a missing tool skips its test), under a minute.
+UNIT_FILES = frozenset({
+    "test_engine.py", "test_engine_12.py", "test_engine_13.py", "test_engine_select.py",
+    "test_messages.py", "test_wire.py", "test_hostile_hello.py", "test_fuzz_corpus.py",
+    "test_proxyproto.py", "test_proxyproto2.py", "test_certfiles.py", "test_ipc.py",
+    "test_keys_schedule.py", "test_keys_protect.py", "test_keys_local.py", "test_keys_pem.py",
+})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # `@pytest.mark.needs_root` works as well as the `@needs_root` decorator above.
+    for item in items:
+        if item.path.name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)
+    # `@pytest.mark.needs_root` works as well as the `@needs_root` decorator in testenv.py.
     if is_root():
         return
     skip = pytest.mark.skip(reason="needs root")

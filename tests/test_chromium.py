@@ -1,5 +1,5 @@
 """X25519MLKEM768 against a real client: Debian's chromium, headless, fetches a page from the
-harness in http mode (tests/harness.py). The page names the negotiated version, suite and group;
+harness in http mode (tests/support/harness.py). The page names the negotiated version, suite and group;
 the test asserts the server recorded them and the dumped DOM shows them.
 
 Cases:
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import run, which
+from testenv import run, which
 from harness import HarnessServer
 from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig

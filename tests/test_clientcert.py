@@ -11,7 +11,7 @@ import subprocess
 
 import certs
 import pytest
-from conftest import which
+from testenv import which
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding

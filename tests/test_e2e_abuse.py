@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, our_command
+from testenv import needs_root, our_command
 from tls13client import TLS13Client
 
 import e2e

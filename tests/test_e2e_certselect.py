@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from conftest import our_command, which
+from testenv import our_command, which
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 

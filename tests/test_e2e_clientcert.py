@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import certs
 import pytest
-from conftest import debian_tlswrapper, needs_root, our_command, which
+from testenv import debian_tlswrapper, needs_root, our_command, which
 
 PROG = ["/bin/sh", "-c", 'env | grep "^SSL_" | sort; echo "UID=$(id -u)"; echo "GID=$(id -g)"']
 TIMEOUT = 30

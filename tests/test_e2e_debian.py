@@ -25,7 +25,7 @@ import ssl
 import sys
 
 import pytest
-from conftest import debian_tlswrapper, our_command
+from testenv import debian_tlswrapper, our_command
 
 import e2e
 import test_e2e_certselect as certselect

@@ -3,7 +3,7 @@
 prog is a small SMTP server written for the test (SMTP_PROG below): it greets in cleartext,
 offers STARTTLS, answers it with `220 ready to start TLS`, writes the zero byte on fd 5, waits
 for the zero byte on fd 6 and then speaks SMTP inside TLS. Clients: `openssl s_client
--starttls smtp`, and a raw socket with Python's ssl over MemoryBIOs (tests/oneconn.py) where
+-starttls smtp`, and a raw socket with Python's ssl over MemoryBIOs (tests/support/oneconn.py) where
 the test must control every byte.
 
 Debian's tlswrapper 20230101 implements an older -n protocol (prog writes its last cleartext
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, our_command, which
+from testenv import needs_root, our_command, which
 from oneconn import BioTLS, OneConnection, clean_env
 
 pytestmark = needs_root   # the jail needs root

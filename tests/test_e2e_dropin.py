@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import debian_tlswrapper, free_port, needs_root, our_command, wait_for_port
+from testenv import debian_tlswrapper, free_port, needs_root, our_command, wait_for_port
 from oneconn import BioTLS, OneConnection
 
 import e2e
@@ -391,7 +391,7 @@ def test_inetd_fatal_alert_not_preceded_by_log_text(pki, tmp_path, syslog_socket
 
 # --------------------------------------------------------------------------- -a: client CAs
 
-RECIPES = Path(__file__).parent / "client_ca_recipes.sh"
+RECIPES = Path(__file__).parent / "support" / "client_ca_recipes.sh"
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import our_command
+from testenv import our_command
 
 import e2e
 

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, needs_root, our_command, which
+from testenv import free_port, needs_root, our_command, which
 from e2e import children_of
 
 pytestmark = needs_root   # each connection's processes jail themselves

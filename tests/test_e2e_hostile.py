@@ -9,7 +9,7 @@ import socket
 import time
 
 import pytest
-from conftest import our_command, run, which
+from testenv import our_command, run, which
 
 import e2e
 import hostile

@@ -32,7 +32,7 @@ import ssl
 import time
 
 import pytest
-from conftest import needs_root, our_command
+from testenv import needs_root, our_command
 from cryptography.hazmat.primitives import serialization
 
 import e2e

@@ -1,7 +1,7 @@
 """-p 1, 2, 0: a PROXY protocol header (v1, v2, either) before the TLS handshake, end to end,
 ours and Debian's (which reads v1 only).
 
-The wrapper runs on one accepted TCP socket (tests/oneconn.py); the client writes the header
+The wrapper runs on one accepted TCP socket (tests/support/oneconn.py); the client writes the header
 (whole, glued to its ClientHello, or in 1-byte pieces) and then speaks TLS with Python's ssl
 on the same socket. prog prints the TCP* variables it was given.
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import debian_tlswrapper, needs_root, our_command
+from testenv import debian_tlswrapper, needs_root, our_command
 from oneconn import BioTLS, OneConnection, clean_env
 
 pytestmark = needs_root   # the jail needs root

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import (
+from testenv import (
     debian_tlswrapper,
     free_port,
     needs_root,

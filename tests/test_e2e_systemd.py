@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port, needs_root, our_command, which
+from testenv import REPO, free_port, needs_root, our_command, which
 
 pytestmark = needs_root   # each connection's processes jail themselves
 

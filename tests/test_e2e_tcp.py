@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, needs_root, our_command, wait_for_port, which
+from testenv import free_port, needs_root, our_command, wait_for_port, which
 
 pytestmark = [needs_root, pytest.mark.timeout(300)]
 

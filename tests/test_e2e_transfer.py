@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import our_command, which
+from testenv import our_command, which
 
 import e2e
 

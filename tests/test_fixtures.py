@@ -8,7 +8,7 @@ import re
 
 import pytest
 from certs import PKI, SERVER_KEY_TYPES, cert_pem
-from conftest import free_port, run, which
+from testenv import free_port, run, which
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key

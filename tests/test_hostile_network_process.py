@@ -18,7 +18,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import is_root, our_command
+from testenv import is_root, our_command
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, x25519

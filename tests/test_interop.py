@@ -1,4 +1,4 @@
-"""Interop: the engine (with the in-process LocalKeyService, tests/harness.py) against real TLS
+"""Interop: the engine (with the in-process LocalKeyService, tests/support/harness.py) against real TLS
 clients. Every test is a full handshake, then 1 MiB of seeded random data each way, compared by
 sha256 on both ends, and the negotiated version / cipher suite / group asserted on the server
 (HandshakeComplete) and, where the client prints them, on the client.
@@ -51,7 +51,7 @@ import time
 
 import pytest
 
-from conftest import run, which
+from testenv import run, which
 from harness import MiB, HarnessServer, payload, sha256
 from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig

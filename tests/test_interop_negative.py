@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conftest import run, which
+from testenv import run, which
 from harness import HarnessServer, payload, sha256
 from tlswrapper.tls import suites
 from tlswrapper.tls.config import ServerConfig

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, mlkem, padding, rsa, x25519
 
-import keyhelpers as kh
+import certs as kh
 from tlswrapper.keys import local, pem, protect, schedule12, schedule13
 from tlswrapper.tls import keyservice, suites
 from tlswrapper.tls.keyservice import Candidate, KeyServiceError, Unusable

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-import keyhelpers as kh
+import certs as kh
 from tlswrapper.keys import pem
 from tlswrapper.tls import suites
 

@@ -35,7 +35,7 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
-from conftest import DEBIAN_TLSWRAPPER, free_port, our_command, wait_for_port, which
+from testenv import DEBIAN_TLSWRAPPER, free_port, our_command, wait_for_port, which
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from test_engine_12 import SslWire, handshake_messages, records
 

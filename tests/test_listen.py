@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port, needs_root, our_command, wait_for_port
+from testenv import free_port, needs_root, our_command, wait_for_port
 
 pytestmark = [needs_root, pytest.mark.timeout(120)]
 

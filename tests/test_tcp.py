@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, our_command
+from testenv import needs_root, our_command
 
 from tlswrapper.commands import companion, tcp
 

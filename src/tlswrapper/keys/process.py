@@ -188,7 +188,7 @@ def _local_factory(jail: Callable[[], None] | None, files: KeyFiles) -> Any:
 def start_key_process(jail: Callable[[], None] | None, files: KeyFiles,
                       factory: Callable[[Callable[[], None] | None, KeyFiles], Any]
                       | None = None,
-                      log: Callable[[str], None] | None = key_service._stderr_log,
+                      log: Callable[[str], None] | None = key_service.stderr_log,
                       ) -> tuple[PipeKeyService, int]:
     """Fork the key process and return (its PipeKeyService, its pid). The key process runs
     `factory(jail, files)` (default: LocalKeyService(jail=jail, files=files)) and serves it

@@ -39,7 +39,7 @@ class _BadArgs(Exception):
     """A well-formed frame whose arguments do not fit the method."""
 
 
-def _stderr_log(line: str) -> None:
+def stderr_log(line: str) -> None:
     # os.write on fd 2: no buffering to flush before os._exit, and nothing to import.
     try:
         os.write(2, (line + "\n").encode("utf-8", "backslashreplace"))
@@ -280,7 +280,7 @@ MAX_HELD_ANSWERS = 64 * 1024
 
 
 def serve(rfd: int, wfd: int, service: Any, order: CallOrder,
-          log: Callable[[str], None] | None = _stderr_log) -> None:
+          log: Callable[[str], None] | None = stderr_log) -> None:
     """Answer requests read from `rfd` on `wfd` until EOF on `rfd` (the network process closed
     its end or died), then return. A malformed frame, an unknown opcode or a request that
     breaks the rules above raises IpcError (HostileRequest) before anything of it is answered,
@@ -296,13 +296,13 @@ def serve(rfd: int, wfd: int, service: Any, order: CallOrder,
         frame = reader.read()
         if frame is None:
             return
-        parts = _answer(frame, service, order, log)
+        parts = answer(frame, service, order, log)
         held += parts
         held_size += sum(len(p) for p in parts)
 
 
-def _answer(frame: tuple[int, Any], service: Any, order: CallOrder,
-            log: Callable[[str], None] | None) -> list[Any]:
+def answer(frame: tuple[int, Any], service: Any, order: CallOrder,
+           log: Callable[[str], None] | None) -> list[Any]:
     """The answer frame (as encode_parts buffers) to one request."""
     opcode, args = frame
     entry = HANDLERS.get(opcode)

@@ -1,4 +1,6 @@
-"""A throw-away test PKI built with `cryptography`: CAs, server PEM files, client certificates.
+"""A throw-away test PKI built with `cryptography`: CAs, server PEM files, client certificates;
+and single keys and certificates made on the spot (rsa_key, ec_key, certificate, write_pem) for
+the keys/ tests. The one certificate helper of the tests.
 
 Rule: this file knows about X.509 and PEM, nothing about tlswrapper's code. Everything here is
 generated once per test session (see the `pki` fixture in conftest.py); the slow part is the
@@ -16,6 +18,7 @@ Layout written into the session directory:
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,9 +52,10 @@ def generate_key(key_type: str) -> PrivateKey:
     return rsa.generate_private_key(public_exponent=65537, key_size=param)
 
 
-def key_pem(key: PrivateKey, key_format: str = "pkcs8") -> bytes:
+def key_pem(key: PrivateKey, key_format: str = "pkcs8", password: bytes | None = None) -> bytes:
     """The private key as PEM. key_format: "pkcs8" (BEGIN PRIVATE KEY) or "traditional"
-    (PKCS#1 "BEGIN RSA PRIVATE KEY" for RSA, SEC1 "BEGIN EC PRIVATE KEY" for EC)."""
+    (PKCS#1 "BEGIN RSA PRIVATE KEY" for RSA, SEC1 "BEGIN EC PRIVATE KEY" for EC); with
+    `password`, encrypted (BEGIN ENCRYPTED PRIVATE KEY for PKCS#8)."""
     fmt = {
         "pkcs8": serialization.PrivateFormat.PKCS8,
         "traditional": serialization.PrivateFormat.TraditionalOpenSSL,
@@ -62,7 +66,10 @@ def key_pem(key: PrivateKey, key_format: str = "pkcs8") -> bytes:
         raise ValueError("pkcs1 is for RSA keys")
     if key_format == "sec1" and not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("sec1 is for EC keys")
-    return key.private_bytes(serialization.Encoding.PEM, fmt, serialization.NoEncryption())
+    encryption: serialization.KeySerializationEncryption = serialization.NoEncryption()
+    if password is not None:
+        encryption = serialization.BestAvailableEncryption(password)
+    return key.private_bytes(serialization.Encoding.PEM, fmt, encryption)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
@@ -438,3 +445,46 @@ class PKI:
         cc.cert_path.write_bytes(cert_pem(cert))
         _write_private(cc.path, key_pem(key) + cert_pem(cert))
         return cc
+
+
+# --------------------------------------------------------------------------- single keys
+
+@functools.lru_cache(maxsize=None)
+def rsa_key(bits: int = 2048, n: int = 0) -> rsa.RSAPrivateKey:
+    """An RSA key of `bits` (the `n`-th one, to get distinct keys of one size)."""
+    return rsa.generate_private_key(65537, bits)
+
+
+def ec_key(curve: ec.EllipticCurve | None = None) -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(curve or ec.SECP256R1())
+
+
+def certificate(subject_key: PrivateKey, cn: str = "example.org",
+                issuer_key: PrivateKey | None = None, issuer_cn: str | None = None,
+                ca: bool = False) -> x509.Certificate:
+    """A certificate for `subject_key`, self-signed unless `issuer_key` is given."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    issuer_key = issuer_key or subject_key
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                                          issuer_cn or cn)]))
+               .public_key(subject_key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=30))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def write_pem(path: Path, key: PrivateKey, chain: list[x509.Certificate],
+              fmt: str = "pkcs8", key_first: bool = True) -> Path:
+    """A PEM file of `chain` (leaf first) and `key`, the key before or after the chain."""
+    certs = b"".join(cert_pem(c) for c in chain)
+    k = key_pem(key, fmt)
+    path.write_bytes(k + certs if key_first else certs + k)
+    return path
+
+
+def der_chain(chain: list[x509.Certificate]) -> tuple[bytes, ...]:
+    return tuple(c.public_bytes(serialization.Encoding.DER) for c in chain)

@@ -1,4 +1,4 @@
-"""Tests of child.py: prog waits for the go-ahead, gets its environment and account, and its
+"""Tests of net/prog.py (prog's side): prog waits for the go-ahead, gets its environment and account, and its
 exit status becomes ours."""
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import free_port, which
+from testenv import free_port, which
 
 TCPSERVER_FLAGS = ("-HRDl0",)
 

@@ -1,4 +1,4 @@
-"""A minimal TLS 1.2 client for tests, sans-IO: any ClientHello the test builds (tests/hostile.py),
+"""A minimal TLS 1.2 client for tests, sans-IO: any ClientHello the test builds (tests/support/hostile.py),
 then ECDHE X25519 and TLS_ECDHE_*_WITH_AES_128_GCM_SHA256 (RFC 5246, RFC 5288, RFC 7627
 extended master secret when the server echoes it). Rule: its PRF and record protection are
 written here from the RFCs, independent of keys/, so that the two cross-check each other.
