@@ -28,7 +28,7 @@ from tlswrapper.exits import EXIT_FAILURE as EXIT_FATAL
 from tlswrapper.keys.process import start_key_process
 from tlswrapper.net.keyproxy import KeyProcessDied
 from tlswrapper.keys.files import KeyFiles
-from tlswrapper.keys.local import CERTIFICATE_VERIFY_PREFIX
+from tlswrapper.tls.transcript import SERVER_PREFIX as CERTIFICATE_VERIFY_PREFIX
 from tlswrapper.net.start import KeyProcessJail
 from tlswrapper.tls import messages
 from tlswrapper.tls import suites as s

@@ -3,7 +3,6 @@ record protection. Rule: every secret stays inside this object; answers are publ
 
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Sequence
 
 # Imported here, not lazily: after the jail (chroot, RLIMIT_NOFILE 0) nothing can be loaded,
@@ -18,6 +17,7 @@ from tlswrapper.keys.pem import Encoding, PublicFormat
 from tlswrapper.tls import keyservice, messages, suites
 from tlswrapper.tls.record import split_fragments
 from tlswrapper.tls.keyservice import Candidate, KeyServiceError, Unusable
+from tlswrapper.tls.transcript import SERVER_PREFIX, Transcript, hash_names
 from tlswrapper.tls.wire import handshake_message
 
 _EC_CURVES = {suites.SECP256R1: ec.SECP256R1, suites.SECP384R1: ec.SECP384R1,
@@ -25,8 +25,6 @@ _EC_CURVES = {suites.SECP256R1: ec.SECP256R1, suites.SECP384R1: ec.SECP384R1,
 MLKEM768_ENCAPSULATION_KEY = 1184
 MLKEM768_CIPHERTEXT = 1088
 X25519_LEN = 32
-# RFC 8446 4.4.3: what the server's CertificateVerify signs, before the transcript hash.
-CERTIFICATE_VERIFY_PREFIX = b"\x20" * 64 + b"TLS 1.3, server CertificateVerify\x00"
 MAX_ANCHOR_FILE = pem.MAX_PEM_FILE     # -a: CA certificates; far more than any real file
 
 
@@ -324,20 +322,16 @@ class LocalKeyService:
         if cs is None:
             raise KeyServiceError(suites.INTERNAL_ERROR, f"unknown suite {suite:#06x}")
         # RFC 5246 7.4.9 (RFC 2246 7.4.9 below TLS 1.2: MD5 || SHA-1).
-        hashes_ = [hashlib.md5(), hashlib.sha1()] if version < suites.TLS12 \
-            else [hashlib.new(cs.prf_hash)]
-        for h in hashes_:
-            for msg in transcript:
-                h.update(msg)
-        handshake_hash = b"".join(h.digest() for h in hashes_)
+        names = hash_names(version, cs.prf_hash)
+        running = Transcript(transcript)
+        handshake_hash = running.digest(names)
         self.derive12(version, suite, peer_share, client_random, server_random,
                       handshake_hash if extended_master_secret else None, encrypt_then_mac)
         client_verify = self.finished12(keyservice.SENDER_CLIENT, handshake_hash)
         client_finished = handshake_message(suites.HS_FINISHED, client_verify)
-        for h in hashes_:
-            h.update(client_finished)
+        running.append(client_finished)
         self.activate(keyservice.WRITE)
-        record = self.seal_finished12(b"".join(h.digest() for h in hashes_))
+        record = self.seal_finished12(running.digest(names))
         return client_verify, record
 
     def seal_finished12(self, handshake_hash: bytes) -> bytes:
@@ -391,27 +385,24 @@ class LocalKeyService:
             raise KeyServiceError(suites.INTERNAL_ERROR, "ServerHello does not end with our share")
         share = self.key_share(group, peer_share)
         # One running transcript hash; each step takes a snapshot (RFC 8446 4.4.1).
-        h = hashlib.new(cs.prf_hash)
-        for msg in transcript:
-            h.update(msg)
-        h.update(hello_head)
-        h.update(share)
-        self.derive13_handshake(suite, h.digest())
+        names = (cs.prf_hash,)
+        running = Transcript(transcript)
+        running.append(hello_head + share)
+        self.derive13_handshake(suite, running.digest(names))
         self.activate(keyservice.WRITE)
         self.activate(keyservice.READ)
-        for msg in flight:
-            h.update(msg)
-        signature = self.sign(scheme, CERTIFICATE_VERIFY_PREFIX + h.digest())
+        running.extend(flight)
+        signature = self.sign(scheme, SERVER_PREFIX + running.digest(names))
         certificate_verify = handshake_message(
             suites.HS_CERTIFICATE_VERIFY, messages.build_certificate_verify(
                 messages.CertificateVerify(scheme, signature)))
-        h.update(certificate_verify)
-        finished = handshake_message(suites.HS_FINISHED,
-                                     self.finished13(keyservice.SENDER_SERVER, h.digest()))
-        h.update(finished)
+        running.append(certificate_verify)
+        finished = handshake_message(
+            suites.HS_FINISHED, self.finished13(keyservice.SENDER_SERVER, running.digest(names)))
+        running.append(finished)
         data = b"".join(flight) + certificate_verify + finished
         records = self.seal([(suites.HANDSHAKE, f) for f in split_fragments(data)])
-        transcript_hash = h.digest()
+        transcript_hash = running.digest(names)
         client_verify = b"" if client_auth else \
             self.finished13(keyservice.SENDER_CLIENT, transcript_hash)
         self.derive13_application(transcript_hash)

@@ -16,7 +16,6 @@ in _EXPECTED; everything else is unexpected_message.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 
@@ -25,10 +24,11 @@ from . import suites
 from .config import ServerConfig
 from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientHelloReceived,
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
+from .keyservice import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
+                         KeyServiceError, Unusable)
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
-from .keyservice import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
-                      KeyServiceError, Unusable)
+from .transcript import CLIENT_PREFIX, Transcript, hash_names
 from .wire import DecodeError, Reader, handshake_message
 
 # No typing, enum or secrets at run time: each tcpserver-mode connection imports this module.
@@ -128,7 +128,7 @@ class ServerConnection:
         self._out: list[bytes] = []
         self._protected_read = False
         self._protected_write = False
-        self._transcript: list[bytes] = []
+        self._transcript = Transcript()
         self._record_version = suites.TLS12 if config.version_max >= suites.TLS12 \
             else config.version_max
         # negotiated
@@ -263,16 +263,8 @@ class ServerConnection:
         return self.suite.prf_hash if self.suite else "sha256"
 
     def _transcript_hash(self) -> bytes:
-        if self.version is not None and self.version < suites.TLS12:
-            md5, sha1 = hashlib.md5(), hashlib.sha1()
-            for msg in self._transcript:
-                md5.update(msg)
-                sha1.update(msg)
-            return md5.digest() + sha1.digest()
-        h = hashlib.new(self._hash_name())
-        for msg in self._transcript:
-            h.update(msg)
-        return h.digest()
+        version = self.version if self.version is not None else suites.TLS12
+        return self._transcript.digest(hash_names(version, self._hash_name()))
 
     def _transport_ended(self) -> None:
         if self.peer_closed:
@@ -776,8 +768,7 @@ class ServerConnection:
                 m.Extension(suites.EXT_KEY_SHARE, m.build_key_share_hrr(self.group)),
             ))
         # RFC 8446 4.4.1: the first ClientHello is replaced by its hash.
-        ch1_hash = hashlib.new(self._hash_name(), self._transcript[0]).digest()
-        self._transcript = [bytes((suites.HS_MESSAGE_HASH, 0, 0, len(ch1_hash))) + ch1_hash]
+        self._transcript.replace_client_hello(self._hash_name())
         msg = handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(hrr))
         self._transcript.append(msg)
         self._send_handshake([msg])
@@ -857,7 +848,7 @@ class ServerConnection:
         # our Finished, the sealed flight, application keys (WRITE active).
         our_share, certificate_verify, finished, records, client_verify = \
             self.keys.server_flight13(self.group, peer_share, self.suite.code, self.scheme,
-                                      self._transcript, hello_head, flight, client_auth)
+                                      self._transcript.messages, hello_head, flight, client_auth)
         if len(our_share) != share_size:
             raise _Abort(suites.INTERNAL_ERROR, "key share of the wrong size from the key side")
         msg = hello_head + our_share
@@ -869,7 +860,7 @@ class ServerConnection:
             self._ccs_sent = True
         self._protected_write = self._protected_read = True
         self._reader.limit = suites.MAX_CIPHERTEXT_13
-        self._transcript += flight
+        self._transcript.extend(flight)
         self._transcript.append(certificate_verify)
         self._transcript.append(finished)
         self._out.append(records)
@@ -950,7 +941,7 @@ class ServerConnection:
         # (sent only once the client's has verified).
         self._expected_client_finished, self._server_finished = self.keys.derive12_finished(
             self.version, self.suite.code, cke.public, self._client_random,
-            self._server_random, self._transcript, self._ems, self._etm)
+            self._server_random, self._transcript.messages, self._ems, self._etm)
         self.state = State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ client certificate
@@ -994,10 +985,9 @@ class ServerConnection:
                 raise _Abort(suites.ILLEGAL_PARAMETER, f"client CertificateVerify with "
                              f"scheme {scheme:#06x}, which we did not offer")
         if tls13:
-            content = (b"\x20" * 64 + b"TLS 1.3, client CertificateVerify\x00"
-                       + self._transcript_hash())
+            content = CLIENT_PREFIX + self._transcript_hash()
         else:
-            content = b"".join(self._transcript)   # every handshake message so far
+            content = b"".join(self._transcript.messages)   # every handshake message so far
         if not self.config.client_verifier.verify_signature(self._client_chain[0], scheme,
                                                            content, signature, tls13):
             raise _Abort(suites.DECRYPT_ERROR, "client CertificateVerify does not verify")
@@ -1035,7 +1025,7 @@ class ServerConnection:
         # What the ClientHello offered is not needed any more: a large one (up to
         # MAX_CLIENT_HELLO, parsed into some 1.5 MB of objects) is not kept for the
         # connection's life.
-        self._transcript = []
+        self._transcript = Transcript()
         self.client_hello = self._client_info = None
         self._groups = self._schemes = self._shares = ()
         self._events.append(HandshakeComplete(
