@@ -26,6 +26,7 @@ from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientH
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
 from .keyservice import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
                          KeyServiceError, Unusable)
+from .offer import Offer, OfferRefused, read_offer
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
 from .transcript import CLIENT_PREFIX, Transcript, hash_names
@@ -143,9 +144,9 @@ class ServerConnection:
         self._ccs_sent = False
         self._client_random = b""
         self._server_random = b""
+        self._offer: Offer | None = None   # what the ClientHello offers (read_offer)
         self._ems = False
-        self._etm_offered = False   # RFC 7366 encrypt_then_mac in the ClientHello
-        self._etm = False           # ... and used: offered and a CBC suite chosen
+        self._etm = False           # RFC 7366: offered and a CBC suite chosen
         self._expected_client_finished = b""
         self._server_finished = b""     # TLS 1.2: our Finished record, sealed ahead
         self._early_data_offered = False
@@ -154,11 +155,6 @@ class ServerConnection:
         self._key_updates = 0           # KeyUpdates not yet paid for (see KEY_UPDATE_DATA)
         self._key_update_data = 0       # application data bytes towards the next one
         self._warnings = 0
-        self._groups: tuple[int, ...] = ()
-        self._schemes: tuple[int, ...] = ()
-        self._shares: tuple[tuple[int, bytes], ...] = ()
-        self._secure_renegotiation = False
-        self._point_formats: bytes | None = None
         self._candidate: Candidate | None = None
         # The fitting candidates not tried yet, best first: (index, candidate, suite code or
         # None (TLS 1.3: the suite does not depend on it), signature scheme).
@@ -498,32 +494,18 @@ class ServerConnection:
         elif 0 not in hello.compression_methods:
             # RFC 5246 7.4.1.2: the list MUST hold null; without it the field is wrong.
             raise _Abort(suites.ILLEGAL_PARAMETER, "client offers no null compression")
-        raw = hello.extension(suites.EXT_EXTENDED_MASTER_SECRET)
-        if raw is not None and raw != b"":
-            # RFC 7627 5.1: its extension_data is empty.
-            raise _Abort(suites.DECODE_ERROR, "extended_master_secret extension not empty")
-        raw = hello.extension(suites.EXT_SERVER_NAME)
-        self.sni = m.parse_server_name(raw) if raw is not None else None
-        groups_raw = hello.extension(suites.EXT_SUPPORTED_GROUPS)
-        groups = m.parse_supported_groups(groups_raw) if groups_raw is not None else ()
-        schemes_raw = hello.extension(suites.EXT_SIGNATURE_ALGORITHMS)
-        schemes = m.parse_signature_algorithms(schemes_raw) if schemes_raw is not None else ()
-        shares_raw = hello.extension(suites.EXT_KEY_SHARE)
-        shares = m.parse_key_share_client(shares_raw) if shares_raw is not None else ()
-        versions_raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
-        versions = m.parse_supported_versions_client(versions_raw) \
-            if versions_raw is not None else (hello.legacy_version,)
-        if version == suites.TLS13:
-            self._check_client_hello_13(hello, groups_raw, schemes_raw, shares_raw, shares)
-        else:
-            self._check_client_hello_12(hello)
-        self._groups = groups
-        self._schemes = schemes
-        self._shares = shares
+        try:
+            offer = read_offer(hello, version)
+        except OfferRefused as e:
+            raise _Abort(e.alert, e.reason) from None
+        self._offer = offer
+        self.sni = offer.sni
+        self._ems = offer.ems
+        self._early_data_offered = offer.early_data
         self._client_info = ClientHelloReceived(
-            sni=self.sni, versions=tuple(versions), cipher_suites=hello.cipher_suites,
-            groups=tuple(groups), signature_schemes=tuple(schemes),
-            key_share_groups=tuple(g for g, _ in shares))
+            sni=offer.sni, versions=offer.versions, cipher_suites=offer.cipher_suites,
+            groups=offer.groups, signature_schemes=offer.schemes,
+            key_share_groups=tuple(g for g, _ in offer.shares))
         self.state = State.CHOOSE_CERTIFICATE
         self._events.append(self._client_info)
 
@@ -552,59 +534,6 @@ class ServerConnection:
                          f"{suites.VERSION_LABELS.get(legacy, hex(legacy))}"
                          " is below the configured minimum")
         return version
-
-    def _check_client_hello_13(self, hello: m.ClientHello, groups_raw: bytes | None,
-                               schemes_raw: bytes | None, shares_raw: bytes | None,
-                               shares: Sequence[tuple[int, bytes]]) -> None:
-        # RFC 8446 9.2: what a TLS 1.3 ClientHello without PSK must carry.
-        if schemes_raw is None:
-            raise _Abort(suites.MISSING_EXTENSION, "TLS 1.3 ClientHello without "
-                         "signature_algorithms")
-        if groups_raw is None or shares_raw is None:
-            raise _Abort(suites.MISSING_EXTENSION, "TLS 1.3 ClientHello without "
-                         "supported_groups and key_share")
-        # Sets: a large but valid ClientHello may list 32 k groups and 13 k shares.
-        groups = frozenset(m.parse_supported_groups(groups_raw))
-        seen: set[int] = set()
-        for group, share in shares:
-            if group in seen:
-                raise _Abort(suites.ILLEGAL_PARAMETER, "two key shares for one group")
-            # RFC 8446 4.2.8: servers MAY check these rules, with illegal_parameter; we do.
-            if group in suites.TLS13_OBSOLETE_GROUPS:
-                raise _Abort(suites.ILLEGAL_PARAMETER, f"key share for group {group:#06x}, "
-                             "which TLS 1.3 does not define")
-            if group not in groups:
-                raise _Abort(suites.ILLEGAL_PARAMETER, "key share for a group not in "
-                             "supported_groups")
-            # A share of a group we know, of the wrong size, is malformed whether or not we
-            # would pick it (RFC 8446 4.2.8.1, 4.2.8.2: the sizes are fixed per group).
-            size = suites.KEY_SHARE_SIZES.get(group)
-            if size is not None and len(share) != size[0]:
-                raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(share)} bytes for "
-                             f"group {suites.GROUP_LABELS[group]}")
-            seen.add(group)
-        self._early_data_offered = hello.extension(suites.EXT_EARLY_DATA) is not None
-        psk = hello.extension(suites.EXT_PRE_SHARED_KEY)
-        if psk is not None:
-            m.parse_pre_shared_key_client(psk)   # well-formed, then ignored: full handshake
-            if hello.extension(suites.EXT_PSK_KEY_EXCHANGE_MODES) is None:
-                raise _Abort(suites.MISSING_EXTENSION, "pre_shared_key without "
-                             "psk_key_exchange_modes")
-
-    def _check_client_hello_12(self, hello: m.ClientHello) -> None:
-        raw = hello.extension(suites.EXT_RENEGOTIATION_INFO)
-        if raw is not None and m.parse_renegotiation_info(raw) != b"":
-            raise _Abort(suites.HANDSHAKE_FAILURE, "renegotiation_info not empty in the "
-                         "initial handshake")
-        self._secure_renegotiation = raw is not None or \
-            suites.TLS_EMPTY_RENEGOTIATION_INFO_SCSV in hello.cipher_suites
-        self._ems = hello.extension(suites.EXT_EXTENDED_MASTER_SECRET) is not None
-        raw = hello.extension(suites.EXT_ENCRYPT_THEN_MAC)
-        if raw is not None and raw != b"":
-            raise _Abort(suites.DECODE_ERROR, "encrypt_then_mac extension not empty")
-        self._etm_offered = raw is not None
-        raw = hello.extension(suites.EXT_EC_POINT_FORMATS)
-        self._point_formats = m.parse_ec_point_formats(raw) if raw is not None else None
 
     # ------------------------------------------------------------------ choice
     def _choose(self, candidates: Sequence[Candidate | Unusable]) -> None:
@@ -680,7 +609,7 @@ class ServerConnection:
         choices: list[tuple[int, Candidate, int | None, int]] = []
         for index, cand in self._usable_candidates(candidates):
             scheme = next((s for s in suites.SCHEMES_13.get(cand.key_type, ())
-                           if s in self._schemes), None)
+                           if s in self._offer.schemes), None)
             if scheme is not None:
                 choices.append((index, cand, None, scheme))
         self._no_fit = "no certificate fits the client's signature algorithms"
@@ -690,11 +619,11 @@ class ServerConnection:
         # HelloRetryRequest if one is needed: neither the suite nor the group depends on it.
         self._choices = choices
         enabled = self.config.group_codes
-        shared = {g: s for g, s in self._shares}
+        shared = {g: s for g, s in self._offer.shares}
         group = next((g for g in enabled if g in shared), None)
         self.suite = suites.SUITES[suite]
         if group is None:
-            offered = frozenset(self._groups)
+            offered = frozenset(self._offer.groups)
             group = next((g for g in enabled if g in offered), None)
             if group is None:
                 raise _Abort(suites.HANDSHAKE_FAILURE, "no key exchange group in common")
@@ -708,7 +637,7 @@ class ServerConnection:
         hello = self.client_hello
         version = self.version
         enabled_groups = [g for g in self.config.group_codes if g not in suites.TLS13_ONLY_GROUPS]
-        offered_groups = frozenset(self._groups)
+        offered_groups = frozenset(self._offer.groups)
         if offered_groups:
             group = next((g for g in enabled_groups if g in offered_groups), None)
         else:
@@ -717,10 +646,10 @@ class ServerConnection:
                 next(iter(enabled_groups), None)
         if group is None:
             raise _Abort(suites.HANDSHAKE_FAILURE, "no elliptic curve in common")
-        if self._point_formats is not None and 0 not in self._point_formats:
+        if self._offer.point_formats is not None and 0 not in self._offer.point_formats:
             raise _Abort(suites.ILLEGAL_PARAMETER, "client does not accept uncompressed points")
         # RFC 5246 7.4.1.4.1: without signature_algorithms, SHA-1 is assumed.
-        schemes = self._schemes or (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
+        schemes = self._offer.schemes or (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
         if version < suites.TLS12:
             schemes = (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
         enabled = self.config.suite_codes(version)
@@ -886,16 +815,16 @@ class ServerConnection:
     def _server_flight_12(self) -> None:
         self._server_random = self._make_server_random()
         extensions = []
-        if self._secure_renegotiation:
+        if self._offer.secure_renegotiation:
             extensions.append(m.Extension(suites.EXT_RENEGOTIATION_INFO,
                                           m.build_renegotiation_info(b"")))
         if self._ems:
             extensions.append(m.Extension(suites.EXT_EXTENDED_MASTER_SECRET, b""))
         # RFC 7366 3: encrypt-then-MAC only for a CBC suite; an AEAD suite ignores the offer.
-        self._etm = self._etm_offered and self.suite.mac is not None
+        self._etm = self._offer.etm and self.suite.mac is not None
         if self._etm:
             extensions.append(m.Extension(suites.EXT_ENCRYPT_THEN_MAC, b""))
-        if self._point_formats is not None:
+        if self._offer.point_formats is not None:
             extensions.append(m.Extension(suites.EXT_EC_POINT_FORMATS,
                                           m.build_ec_point_formats(b"\x00")))
         # An empty session_id: we never resume (RFC 5246 7.4.1.3).
@@ -1027,7 +956,7 @@ class ServerConnection:
         # connection's life.
         self._transcript = Transcript()
         self.client_hello = self._client_info = None
-        self._groups = self._schemes = self._shares = ()
+        self._offer = None
         self._events.append(HandshakeComplete(
             version=self.version, cipher_suite=self.suite.code, cipher=self.suite.name,
             group=suites.GROUP_LABELS[self.group], sni=self.sni, signature_scheme=self.scheme,
