@@ -10,8 +10,9 @@ API (BearSSL-style: the caller owns all I/O, timing and back-pressure):
     out = conn.outgoing()              # bytes to write to the client (may be b"")
 
 The engine never raises for anything the client sends: a bad input becomes ConnectionFailed
-with the RFC's alert queued in outgoing(). The handshake messages a state accepts are listed
-in _EXPECTED; everything else is unexpected_message.
+with the RFC's alert queued in outgoing(). Every transition is listed in _TRANSITIONS (the
+handler of each event and the states it may lead to); the handshake messages a state accepts
+are its keys (_EXPECTED); everything else is unexpected_message.
 """
 
 from __future__ import annotations
@@ -89,22 +90,62 @@ class State:
     FAILED = _StateValue("FAILED")
 
 
-# Handshake messages accepted in each state; anything else is unexpected_message.
-_EXPECTED: dict[tuple[State, bool], frozenset[int]] = {
-    (State.START, False): frozenset({suites.HS_CLIENT_HELLO}),
-    (State.WAIT_CLIENT_HELLO_2, True): frozenset({suites.HS_CLIENT_HELLO}),
-    (State.WAIT_CLIENT_KEY_EXCHANGE, False): frozenset({suites.HS_CLIENT_KEY_EXCHANGE}),
+# Every transition of the handshake in one place (h11's style): for each state and whether TLS
+# 1.3 was chosen, the events it accepts, the handler of each and the states that handler may
+# lead to. An event is a handshake message type, or "choose_certificate" (the caller's call)
+# or "change_cipher_spec" (TLS 1.0-1.2: the record). Handlers return the next state and
+# _enter checks it against this table. Not listed, as any state may take it: FAILED (a fatal
+# alert sent or received, close_notify or the transport's end during the handshake).
+_TRANSITIONS: dict[tuple[_StateValue, bool],
+                   dict[int | str, tuple[str, frozenset[_StateValue]]]] = {
+    (State.START, False): {
+        suites.HS_CLIENT_HELLO: ("_client_hello", frozenset({State.CHOOSE_CERTIFICATE}))},
+    # The server flight: a HelloRetryRequest (1.3), or the flight with or without a
+    # CertificateRequest (-a).
+    (State.CHOOSE_CERTIFICATE, False): {
+        "choose_certificate": ("_choose", frozenset({State.WAIT_CLIENT_KEY_EXCHANGE,
+                                                     State.WAIT_CLIENT_CERTIFICATE}))},
+    (State.CHOOSE_CERTIFICATE, True): {
+        "choose_certificate": ("_choose", frozenset({State.WAIT_CLIENT_HELLO_2,
+                                                     State.WAIT_CLIENT_CERTIFICATE,
+                                                     State.WAIT_FINISHED}))},
+    (State.WAIT_CLIENT_HELLO_2, True): {
+        suites.HS_CLIENT_HELLO: ("_client_hello_2", frozenset({State.WAIT_CLIENT_CERTIFICATE,
+                                                               State.WAIT_FINISHED}))},
     # -a: Certificate (1.2: before ClientKeyExchange), then CertificateVerify (1.2: after it).
-    (State.WAIT_CLIENT_CERTIFICATE, False): frozenset({suites.HS_CERTIFICATE}),
-    (State.WAIT_CLIENT_CERTIFICATE, True): frozenset({suites.HS_CERTIFICATE}),
-    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, False): frozenset({suites.HS_CERTIFICATE_VERIFY}),
-    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, True): frozenset({suites.HS_CERTIFICATE_VERIFY}),
-    (State.WAIT_FINISHED, False): frozenset({suites.HS_FINISHED}),
-    (State.WAIT_FINISHED, True): frozenset({suites.HS_FINISHED}),
-    (State.CONNECTED, True): frozenset({suites.HS_KEY_UPDATE}),
+    (State.WAIT_CLIENT_CERTIFICATE, False): {
+        suites.HS_CERTIFICATE: ("_client_certificate",
+                                frozenset({State.WAIT_CLIENT_KEY_EXCHANGE}))},
+    (State.WAIT_CLIENT_CERTIFICATE, True): {
+        suites.HS_CERTIFICATE: ("_client_certificate",
+                                frozenset({State.WAIT_CLIENT_CERTIFICATE_VERIFY}))},
+    (State.WAIT_CLIENT_KEY_EXCHANGE, False): {
+        suites.HS_CLIENT_KEY_EXCHANGE: ("_client_key_exchange",
+                                        frozenset({State.WAIT_CHANGE_CIPHER_SPEC,
+                                                   State.WAIT_CLIENT_CERTIFICATE_VERIFY}))},
+    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, False): {
+        suites.HS_CERTIFICATE_VERIFY: ("_client_certificate_verify",
+                                       frozenset({State.WAIT_CHANGE_CIPHER_SPEC}))},
+    (State.WAIT_CLIENT_CERTIFICATE_VERIFY, True): {
+        suites.HS_CERTIFICATE_VERIFY: ("_client_certificate_verify",
+                                       frozenset({State.WAIT_FINISHED}))},
+    (State.WAIT_CHANGE_CIPHER_SPEC, False): {
+        "change_cipher_spec": ("_change_cipher_spec_12", frozenset({State.WAIT_FINISHED}))},
+    (State.WAIT_FINISHED, False): {
+        suites.HS_FINISHED: ("_finished", frozenset({State.CONNECTED}))},
+    (State.WAIT_FINISHED, True): {
+        suites.HS_FINISHED: ("_finished", frozenset({State.CONNECTED}))},
+    (State.CONNECTED, True): {
+        suites.HS_KEY_UPDATE: ("_key_update", frozenset({State.CONNECTED}))},
     # TLS 1.2 renegotiation: a ClientHello is answered with no_renegotiation (RFC 5746).
-    (State.CONNECTED, False): frozenset({suites.HS_CLIENT_HELLO}),
+    (State.CONNECTED, False): {
+        suites.HS_CLIENT_HELLO: ("_renegotiation", frozenset({State.CONNECTED}))},
 }
+
+# Handshake messages accepted in each state; anything else is unexpected_message.
+_EXPECTED: dict[tuple[_StateValue, bool], frozenset[int]] = {
+    key: frozenset(event for event in row if isinstance(event, int))
+    for key, row in _TRANSITIONS.items()}
 
 
 class _Abort(Exception):
@@ -200,7 +241,9 @@ class ServerConnection:
         if self.state is not State.CHOOSE_CERTIFICATE:
             return self._take_events()
         try:
-            self._choose(candidates)
+            _, allowed = _TRANSITIONS[(self.state, self.version == suites.TLS13)][
+                "choose_certificate"]
+            self._enter(self._choose(candidates), allowed)
             self._process_records()   # the client may have sent more already
         except (_Abort, DecodeError, KeyServiceError) as e:
             self._fail(e.alert, e.reason)
@@ -234,6 +277,13 @@ class ServerConnection:
             pass
         self.state = State.FAILED
         self._events.append(ConnectionFailed(alert, reason))
+
+    def _enter(self, state: _StateValue, allowed: frozenset[_StateValue]) -> None:
+        """Take a transition a handler chose, if _TRANSITIONS lists it (else a bug of ours)."""
+        if state not in allowed:
+            raise _Abort(suites.INTERNAL_ERROR, f"no transition from {self.state.name} "
+                         f"to {state.name}")
+        self.state = state
 
     def _send_alert(self, level: int, description: int) -> None:
         body = bytes((level, description))
@@ -359,12 +409,16 @@ class ServerConnection:
                 State.WAIT_CLIENT_HELLO_2, State.WAIT_FINISHED, State.WAIT_CLIENT_CERTIFICATE):
             return   # RFC 8446 5: the middlebox-compatibility record, dropped
         if self.version != suites.TLS13 and self.state is State.WAIT_CHANGE_CIPHER_SPEC:
-            self.keys.activate(READ)
-            self._protected_read = True
-            self._reader.limit = suites.MAX_CIPHERTEXT_12
-            self.state = State.WAIT_FINISHED
+            _, allowed = _TRANSITIONS[(self.state, False)]["change_cipher_spec"]
+            self._enter(self._change_cipher_spec_12(), allowed)
             return
         raise _Abort(suites.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec")
+
+    def _change_cipher_spec_12(self) -> _StateValue:
+        self.keys.activate(READ)
+        self._protected_read = True
+        self._reader.limit = suites.MAX_CIPHERTEXT_12
+        return State.WAIT_FINISHED
 
     def _inner_record(self, content_type: int, plaintext: bytes) -> None:
         if len(plaintext) > suites.MAX_PLAINTEXT:
@@ -451,32 +505,20 @@ class ServerConnection:
             raise _Abort(suites.UNEXPECTED_MESSAGE, f"data after {what} in the same record")
 
     def _handshake_message(self, msg_type: int, body: bytes, whole: bytes) -> None:
-        state = self.state
-        if msg_type == suites.HS_CLIENT_HELLO:
-            if state is State.CONNECTED:
-                # RFC 5746: we never renegotiate; a warning lets the client carry on.
-                self._warnings += 1
-                if self._warnings > MAX_WARNING_ALERTS:
-                    raise _Abort(suites.UNEXPECTED_MESSAGE, "too many renegotiation attempts")
-                self._send_alert(1, suites.NO_RENEGOTIATION)
-                return
-            if state is State.START:
-                self._client_hello(body, whole)
-            else:
-                self._client_hello_2(body, whole)
-        elif msg_type == suites.HS_CLIENT_KEY_EXCHANGE:
-            self._client_key_exchange(body, whole)
-        elif msg_type == suites.HS_CERTIFICATE:
-            self._client_certificate(body, whole)
-        elif msg_type == suites.HS_CERTIFICATE_VERIFY:
-            self._client_certificate_verify(body, whole)
-        elif msg_type == suites.HS_FINISHED:
-            self._finished(body, whole)
-        elif msg_type == suites.HS_KEY_UPDATE:
-            self._key_update(body)
+        # The row is read before the handler runs: the ClientHello's handler sets the version.
+        handler, allowed = _TRANSITIONS[(self.state, self.version == suites.TLS13)][msg_type]
+        self._enter(getattr(self, handler)(body, whole), allowed)
+
+    def _renegotiation(self, body: bytes, whole: bytes) -> _StateValue:
+        # RFC 5746: we never renegotiate; a warning lets the client carry on.
+        self._warnings += 1
+        if self._warnings > MAX_WARNING_ALERTS:
+            raise _Abort(suites.UNEXPECTED_MESSAGE, "too many renegotiation attempts")
+        self._send_alert(1, suites.NO_RENEGOTIATION)
+        return State.CONNECTED
 
     # ------------------------------------------------------------------ ClientHello
-    def _client_hello(self, body: bytes, whole: bytes) -> None:
+    def _client_hello(self, body: bytes, whole: bytes) -> _StateValue:
         self._require_record_boundary("ClientHello")
         hello = m.parse_client_hello(body)
         self.client_hello = hello
@@ -506,8 +548,8 @@ class ServerConnection:
             sni=offer.sni, versions=offer.versions, cipher_suites=offer.cipher_suites,
             groups=offer.groups, signature_schemes=offer.schemes,
             key_share_groups=tuple(g for g, _ in offer.shares))
-        self.state = State.CHOOSE_CERTIFICATE
         self._events.append(self._client_info)
+        return State.CHOOSE_CERTIFICATE
 
     def _negotiate_version(self, hello: m.ClientHello) -> int:
         cfg = self.config
@@ -536,11 +578,10 @@ class ServerConnection:
         return version
 
     # ------------------------------------------------------------------ choice
-    def _choose(self, candidates: Sequence[Candidate | Unusable]) -> None:
+    def _choose(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
         if self.version == suites.TLS13:
-            self._choose_13(candidates)
-        else:
-            self._choose_12(candidates)
+            return self._choose_13(candidates)
+        return self._choose_12(candidates)
 
     def _pick_suite(self, offered: Sequence[int], usable: Sequence[int]) -> int | None:
         if self.config.server_preference:
@@ -567,7 +608,7 @@ class ServerConnection:
         self._refused.append(reason)
         self._events.append(CertificateRefused(index, reason))
 
-    def _with_certificate(self, flight: Callable[[], None]) -> None:
+    def _with_certificate(self, flight: Callable[[], _StateValue]) -> _StateValue:
         """Select the first fitting candidate not tried yet (self._choices) and make `flight`,
         the server flight whose key-side call signs with its key. The key side parses a
         private key only at select() (never before the first signature), so this is where a
@@ -588,20 +629,18 @@ class ServerConnection:
                 self._refuse(index, e.reason)
                 continue
             try:
-                flight()
+                return flight()
             except KeyRefused as e:
                 self._refuse(index, e.reason)
-                continue
-            return
-        self._no_certificate(self._no_fit)
+        raise self._no_certificate(self._no_fit)
 
-    def _no_certificate(self, reason: str) -> None:
+    def _no_certificate(self, reason: str) -> _Abort:
         if self._refused:
-            raise _Abort(suites.INTERNAL_ERROR,
-                         "no usable certificate (" + "; ".join(self._refused) + ")")
-        raise _Abort(suites.HANDSHAKE_FAILURE, reason)
+            return _Abort(suites.INTERNAL_ERROR,
+                          "no usable certificate (" + "; ".join(self._refused) + ")")
+        return _Abort(suites.HANDSHAKE_FAILURE, reason)
 
-    def _choose_13(self, candidates: Sequence[Candidate | Unusable]) -> None:
+    def _choose_13(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
         hello = self.client_hello
         suite = self._pick_suite(hello.cipher_suites, self.config.suite_codes(suites.TLS13))
         if suite is None:
@@ -614,7 +653,7 @@ class ServerConnection:
                 choices.append((index, cand, None, scheme))
         self._no_fit = "no certificate fits the client's signature algorithms"
         if not choices:
-            self._no_certificate(self._no_fit)
+            raise self._no_certificate(self._no_fit)
         # The key is selected with the server flight (_with_certificate), after a
         # HelloRetryRequest if one is needed: neither the suite nor the group depends on it.
         self._choices = choices
@@ -628,12 +667,11 @@ class ServerConnection:
             if group is None:
                 raise _Abort(suites.HANDSHAKE_FAILURE, "no key exchange group in common")
             self.group = group
-            self._send_hello_retry_request()
-            return
+            return self._send_hello_retry_request()
         self.group = group
-        self._server_flight_13(shared[group])
+        return self._server_flight_13(shared[group])
 
-    def _choose_12(self, candidates: Sequence[Candidate | Unusable]) -> None:
+    def _choose_12(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
         hello = self.client_hello
         version = self.version
         enabled_groups = [g for g in self.config.group_codes if g not in suites.TLS13_ONLY_GROUPS]
@@ -670,10 +708,10 @@ class ServerConnection:
                 choices.append((index, cand, suite, scheme))
         self._no_fit = "no certificate and cipher suite fit the client's offer"
         if not choices:
-            self._no_certificate(self._no_fit)
+            raise self._no_certificate(self._no_fit)
         self._choices = choices
         self.group = group
-        self._with_certificate(self._server_flight_12)
+        return self._with_certificate(self._server_flight_12)
 
     # ------------------------------------------------------------------ TLS 1.3
     def _make_server_random(self) -> bytes:
@@ -686,7 +724,7 @@ class ServerConnection:
             random = random[:24] + suites.DOWNGRADE_TLS11
         return random
 
-    def _send_hello_retry_request(self) -> None:
+    def _send_hello_retry_request(self) -> _StateValue:
         hello = self.client_hello
         hrr = m.ServerHello(
             legacy_version=suites.TLS12, random=suites.HRR_RANDOM,
@@ -705,9 +743,9 @@ class ServerConnection:
         if hello.session_id:
             self._send_change_cipher_spec()
             self._ccs_sent = True
-        self.state = State.WAIT_CLIENT_HELLO_2
+        return State.WAIT_CLIENT_HELLO_2
 
-    def _client_hello_2(self, body: bytes, whole: bytes) -> None:
+    def _client_hello_2(self, body: bytes, whole: bytes) -> _StateValue:
         self._require_record_boundary("ClientHello")
         hello = m.parse_client_hello(body)
         first = self.client_hello
@@ -728,16 +766,16 @@ class ServerConnection:
         self._early_data_offered = False
         self.client_hello = hello
         self._transcript.append(whole)
-        self._server_flight_13(shares[0][1])
+        return self._server_flight_13(shares[0][1])
 
-    def _server_flight_13(self, peer_share: bytes) -> None:
+    def _server_flight_13(self, peer_share: bytes) -> _StateValue:
         expected = suites.KEY_SHARE_SIZES[self.group][0]
         if len(peer_share) != expected:
             raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(peer_share)} bytes for "
                          f"group {suites.GROUP_LABELS[self.group]}")
-        self._with_certificate(lambda: self._flight_13(peer_share))
+        return self._with_certificate(lambda: self._flight_13(peer_share))
 
-    def _flight_13(self, peer_share: bytes) -> None:
+    def _flight_13(self, peer_share: bytes) -> _StateValue:
         """The flight with the certificate and scheme _with_certificate chose; nothing of the
         engine's state changes before the key side's answer but the server random."""
         hello = self.client_hello
@@ -794,9 +832,9 @@ class ServerConnection:
         self._transcript.append(finished)
         self._out.append(records)
         self._expected_client_finished = client_verify
-        self.state = State.WAIT_CLIENT_CERTIFICATE if client_auth else State.WAIT_FINISHED
+        return State.WAIT_CLIENT_CERTIFICATE if client_auth else State.WAIT_FINISHED
 
-    def _key_update(self, body: bytes) -> None:
+    def _key_update(self, body: bytes, whole: bytes) -> _StateValue:
         self._require_record_boundary("KeyUpdate")
         update = m.parse_key_update(body)
         # Each one costs us a key derivation and, if requested, an answer: bound a flood.
@@ -810,9 +848,10 @@ class ServerConnection:
             self._send_handshake([handshake_message(
                 suites.HS_KEY_UPDATE, m.build_key_update(m.KeyUpdate(0)))])
             self.keys.key_update(WRITE)
+        return State.CONNECTED
 
     # ------------------------------------------------------------------ TLS 1.2
-    def _server_flight_12(self) -> None:
+    def _server_flight_12(self) -> _StateValue:
         self._server_random = self._make_server_random()
         extensions = []
         if self._offer.secure_renegotiation:
@@ -852,10 +891,10 @@ class ServerConnection:
                                         m.build_server_hello_done()))
         self._transcript.extend(flight)
         self._send_handshake(flight)
-        self.state = State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
+        return State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
             else State.WAIT_CLIENT_KEY_EXCHANGE
 
-    def _client_key_exchange(self, body: bytes, whole: bytes) -> None:
+    def _client_key_exchange(self, body: bytes, whole: bytes) -> _StateValue:
         cke = m.parse_client_key_exchange(body)
         if len(cke.public) != suites.KEY_SHARE_SIZES[self.group][0]:
             raise _Abort(suites.ILLEGAL_PARAMETER, "client key share of the wrong size")
@@ -864,17 +903,16 @@ class ServerConnection:
             session_hash = self._transcript_hash() if self._ems else None
             self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
                                self._server_random, session_hash, self._etm)
-            self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
-            return
+            return State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
         # One round trip: the keys, the client's Finished expected, and ours sealed ahead
         # (sent only once the client's has verified).
         self._expected_client_finished, self._server_finished = self.keys.derive12_finished(
             self.version, self.suite.code, cke.public, self._client_random,
             self._server_random, self._transcript.messages, self._ems, self._etm)
-        self.state = State.WAIT_CHANGE_CIPHER_SPEC
+        return State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ client certificate
-    def _client_certificate(self, body: bytes, whole: bytes) -> None:
+    def _client_certificate(self, body: bytes, whole: bytes) -> _StateValue:
         tls13 = self.version == suites.TLS13
         if tls13:
             msg = m.parse_certificate13(body)
@@ -896,10 +934,10 @@ class ServerConnection:
             raise _Abort(alert, f"client certificate refused: {reason}")
         self._client_chain = chain
         self._client_identity = identity
-        self.state = State.WAIT_CLIENT_CERTIFICATE_VERIFY if tls13 \
+        return State.WAIT_CLIENT_CERTIFICATE_VERIFY if tls13 \
             else State.WAIT_CLIENT_KEY_EXCHANGE
 
-    def _client_certificate_verify(self, body: bytes, whole: bytes) -> None:
+    def _client_certificate_verify(self, body: bytes, whole: bytes) -> _StateValue:
         tls13 = self.version == suites.TLS13
         scheme: int | None
         if self.version < suites.TLS12:
@@ -924,14 +962,13 @@ class ServerConnection:
         if tls13:
             self._expected_client_finished = self.keys.finished13(SENDER_CLIENT,
                                                                   self._transcript_hash())
-            self.state = State.WAIT_FINISHED
-        else:
-            self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
-                                                                  self._transcript_hash())
-            self.state = State.WAIT_CHANGE_CIPHER_SPEC
+            return State.WAIT_FINISHED
+        self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
+                                                              self._transcript_hash())
+        return State.WAIT_CHANGE_CIPHER_SPEC
 
     # ------------------------------------------------------------------ Finished
-    def _finished(self, body: bytes, whole: bytes) -> None:
+    def _finished(self, body: bytes, whole: bytes) -> _StateValue:
         self._require_record_boundary("Finished")
         fin = m.parse_finished(body, len(self._expected_client_finished))
         if not hmac.compare_digest(fin.verify_data, self._expected_client_finished):
@@ -950,7 +987,6 @@ class ServerConnection:
             self._protected_write = True
             self._out.append(finished)
         self._early_data_offered = False
-        self.state = State.CONNECTED
         # What the ClientHello offered is not needed any more: a large one (up to
         # MAX_CLIENT_HELLO, parsed into some 1.5 MB of objects) is not kept for the
         # connection's life.
@@ -962,3 +998,4 @@ class ServerConnection:
             group=suites.GROUP_LABELS[self.group], sni=self.sni, signature_scheme=self.scheme,
             version_name=suites.VERSION_LABELS[self.version],
             client_identity=self._client_identity))
+        return State.CONNECTED
