@@ -22,16 +22,20 @@ import os
 
 from . import messages as m
 from . import suites
+from .clientauth import ClientAuth
 from .config import ServerConfig
 from .events import (AlertReceived, ApplicationData, CertificateRefused, ClientHelloReceived,
                      ConnectionFailed, Event, HandshakeComplete, PeerClosed)
-from .keyservice import (READ, SENDER_CLIENT, WRITE, Candidate, KeyRefused, KeyService,
-                         KeyServiceError, Unusable)
+from .keyservice import (READ, WRITE, Candidate, KeyRefused, KeyService, KeyServiceError,
+                         Unusable)
 from .offer import Offer, OfferRefused, read_offer
 from .record import (HandshakeReassembler, RecordReader, plaintext_records, record_header,
                      split_fragments)
-from .transcript import CLIENT_PREFIX, Transcript, hash_names
-from .wire import DecodeError, Reader, handshake_message
+from .server12 import Tls12Server
+from .server13 import Tls13Server
+from .state import Abort, State, StateValue
+from .transcript import Transcript, hash_names
+from .wire import DecodeError, handshake_message
 
 # No typing, enum or secrets at run time: each tcpserver-mode connection imports this module.
 TYPE_CHECKING = False
@@ -48,46 +52,6 @@ MAX_KEY_UPDATES = 32
 KEY_UPDATE_DATA = 1 << 14
 MAX_SKIPPED_EARLY_DATA = 1 << 16  # rejected 0-RTT bytes we skip (RFC 8446 4.2.10)
 MAX_OPEN_BATCH = 64             # records per KeyService.open call
-# Client certificates (-a): the schemes we accept in the client's CertificateVerify, listed in
-# our CertificateRequest (no SHA-1; PKCS#1 v1.5 is not allowed in TLS 1.3 CertificateVerify).
-CLIENT_SCHEMES_13 = (suites.ECDSA_SECP256R1_SHA256, suites.ECDSA_SECP384R1_SHA384,
-                     suites.ECDSA_SECP521R1_SHA512, suites.RSA_PSS_RSAE_SHA256,
-                     suites.RSA_PSS_RSAE_SHA384, suites.RSA_PSS_RSAE_SHA512)
-CLIENT_SCHEMES_12 = CLIENT_SCHEMES_13 + (suites.RSA_PKCS1_SHA256, suites.RSA_PKCS1_SHA384,
-                                         suites.RSA_PKCS1_SHA512)
-# TLS 1.0-1.2 CertificateRequest certificate_types: rsa_sign, ecdsa_sign (RFC 5246, RFC 8422).
-CLIENT_CERTIFICATE_TYPES = bytes((1, 64))
-# TLS 1.0-1.2: the group an ECDSA certificate's key is on (RFC 8422 5.1, 5.3).
-_CERT_CURVE = {suites.KEY_EC_P256: suites.SECP256R1, suites.KEY_EC_P384: suites.SECP384R1,
-               suites.KEY_EC_P521: suites.SECP521R1}
-
-
-class _StateValue:
-    """One state of State: compared by identity, `name` for the log (as an Enum member's)."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return f"<State.{self.name}>"
-
-
-class State:
-    START = _StateValue("START")              # waiting for ClientHello
-    CHOOSE_CERTIFICATE = _StateValue("CHOOSE_CERTIFICATE")  # ClientHello reported, waiting
-    #                                         for choose_certificate()
-    WAIT_CLIENT_HELLO_2 = _StateValue("WAIT_CLIENT_HELLO_2")  # 1.3: HelloRetryRequest sent
-    WAIT_CLIENT_CERTIFICATE = _StateValue("WAIT_CLIENT_CERTIFICATE")  # -a: CertificateRequest
-    #                                         sent (1.2 and 1.3)
-    WAIT_CLIENT_KEY_EXCHANGE = _StateValue("WAIT_CLIENT_KEY_EXCHANGE")  # 1.2
-    WAIT_CLIENT_CERTIFICATE_VERIFY = _StateValue("WAIT_CLIENT_CERTIFICATE_VERIFY")  # -a: client
-    #                                         Certificate accepted (1.2 and 1.3)
-    WAIT_CHANGE_CIPHER_SPEC = _StateValue("WAIT_CHANGE_CIPHER_SPEC")  # 1.2
-    WAIT_FINISHED = _StateValue("WAIT_FINISHED")  # 1.2 and 1.3
-    CONNECTED = _StateValue("CONNECTED")
-    FAILED = _StateValue("FAILED")
 
 
 # Every transition of the handshake in one place (h11's style): for each state and whether TLS
@@ -96,8 +60,8 @@ class State:
 # or "change_cipher_spec" (TLS 1.0-1.2: the record). Handlers return the next state and
 # _enter checks it against this table. Not listed, as any state may take it: FAILED (a fatal
 # alert sent or received, close_notify or the transport's end during the handshake).
-_TRANSITIONS: dict[tuple[_StateValue, bool],
-                   dict[int | str, tuple[str, frozenset[_StateValue]]]] = {
+_TRANSITIONS: dict[tuple[StateValue, bool],
+                   dict[int | str, tuple[str, frozenset[StateValue]]]] = {
     (State.START, False): {
         suites.HS_CLIENT_HELLO: ("_client_hello", frozenset({State.CHOOSE_CERTIFICATE}))},
     # The server flight: a HelloRetryRequest (1.3), or the flight with or without a
@@ -143,21 +107,12 @@ _TRANSITIONS: dict[tuple[_StateValue, bool],
 }
 
 # Handshake messages accepted in each state; anything else is unexpected_message.
-_EXPECTED: dict[tuple[_StateValue, bool], frozenset[int]] = {
+_EXPECTED: dict[tuple[StateValue, bool], frozenset[int]] = {
     key: frozenset(event for event in row if isinstance(event, int))
     for key, row in _TRANSITIONS.items()}
 
 
-class _Abort(Exception):
-    """Internal: end the connection with this alert."""
-
-    def __init__(self, alert: int, reason: str) -> None:
-        super().__init__(reason)
-        self.alert = alert
-        self.reason = reason
-
-
-class ServerConnection:
+class ServerConnection(Tls12Server, Tls13Server, ClientAuth):
     def __init__(self, config: ServerConfig, keys: KeyService,
                  random: Callable[[int], bytes] = os.urandom) -> None:
         self.config = config
@@ -232,7 +187,7 @@ class ServerConnection:
                     return []   # RFC 8446 6.1: data after close_notify is ignored
                 self._reader.feed(data)
                 self._process_records()
-        except (_Abort, DecodeError, KeyServiceError) as e:
+        except (Abort, DecodeError, KeyServiceError) as e:
             self._fail(e.alert, e.reason)
         return self._take_events()
 
@@ -245,7 +200,7 @@ class ServerConnection:
                 "choose_certificate"]
             self._enter(self._choose(candidates), allowed)
             self._process_records()   # the client may have sent more already
-        except (_Abort, DecodeError, KeyServiceError) as e:
+        except (Abort, DecodeError, KeyServiceError) as e:
             self._fail(e.alert, e.reason)
         return self._take_events()
 
@@ -278,11 +233,11 @@ class ServerConnection:
         self.state = State.FAILED
         self._events.append(ConnectionFailed(alert, reason))
 
-    def _enter(self, state: _StateValue, allowed: frozenset[_StateValue]) -> None:
+    def _enter(self, state: StateValue, allowed: frozenset[StateValue]) -> None:
         """Take a transition a handler chose, if _TRANSITIONS lists it (else a bug of ours)."""
         if state not in allowed:
-            raise _Abort(suites.INTERNAL_ERROR, f"no transition from {self.state.name} "
-                         f"to {state.name}")
+            raise Abort(suites.INTERNAL_ERROR, f"no transition from {self.state.name} "
+                        f"to {state.name}")
         self.state = state
 
     def _send_alert(self, level: int, description: int) -> None:
@@ -355,7 +310,7 @@ class ServerConnection:
                 if self.state is State.FAILED or self.peer_closed:
                     return False
             if alert:
-                raise _Abort(alert, reason)
+                raise Abort(alert, reason)
             batch = batch[len(results):]
         return True
 
@@ -379,13 +334,13 @@ class ServerConnection:
                 self._inner_record(content_type, fragment)
                 return
             if content_type != suites.APPLICATION_DATA:
-                raise _Abort(suites.UNEXPECTED_MESSAGE,
-                             "unprotected record after the handshake keys were set")
+                raise Abort(suites.UNEXPECTED_MESSAGE,
+                            "unprotected record after the handshake keys were set")
         results, alert, reason = self.keys.open([record])
         if alert:
             if self._may_skip_early_data(record):
                 return
-            raise _Abort(alert, reason)
+            raise Abort(alert, reason)
         self._early_data_offered = False   # the first record that opens ends 0-RTT skipping
         for inner_type, plaintext in results:
             self._inner_record(inner_type, plaintext)
@@ -401,10 +356,10 @@ class ServerConnection:
 
     def _change_cipher_spec(self, fragment: bytes) -> None:
         if fragment != b"\x01":
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "malformed change_cipher_spec")
+            raise Abort(suites.UNEXPECTED_MESSAGE, "malformed change_cipher_spec")
         if not self._handshake.empty():
-            raise _Abort(suites.UNEXPECTED_MESSAGE,
-                         "change_cipher_spec inside a fragmented handshake message")
+            raise Abort(suites.UNEXPECTED_MESSAGE,
+                        "change_cipher_spec inside a fragmented handshake message")
         if self.version == suites.TLS13 and self.state in (
                 State.WAIT_CLIENT_HELLO_2, State.WAIT_FINISHED, State.WAIT_CLIENT_CERTIFICATE):
             return   # RFC 8446 5: the middlebox-compatibility record, dropped
@@ -412,20 +367,14 @@ class ServerConnection:
             _, allowed = _TRANSITIONS[(self.state, False)]["change_cipher_spec"]
             self._enter(self._change_cipher_spec_12(), allowed)
             return
-        raise _Abort(suites.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec")
-
-    def _change_cipher_spec_12(self) -> _StateValue:
-        self.keys.activate(READ)
-        self._protected_read = True
-        self._reader.limit = suites.MAX_CIPHERTEXT_12
-        return State.WAIT_FINISHED
+        raise Abort(suites.UNEXPECTED_MESSAGE, "unexpected change_cipher_spec")
 
     def _inner_record(self, content_type: int, plaintext: bytes) -> None:
         if len(plaintext) > suites.MAX_PLAINTEXT:
-            raise _Abort(suites.RECORD_OVERFLOW, "record plaintext over 2^14 bytes")
+            raise Abort(suites.RECORD_OVERFLOW, "record plaintext over 2^14 bytes")
         if content_type != suites.HANDSHAKE and not self._handshake.empty():
-            raise _Abort(suites.UNEXPECTED_MESSAGE,
-                         "record interleaved with a fragmented handshake message")
+            raise Abort(suites.UNEXPECTED_MESSAGE,
+                        "record interleaved with a fragmented handshake message")
         if content_type == suites.APPLICATION_DATA:
             self._application_data(plaintext)
         elif content_type == suites.HANDSHAKE:
@@ -433,16 +382,16 @@ class ServerConnection:
         elif content_type == suites.ALERT:
             self._alert(plaintext)
         else:
-            raise _Abort(suites.UNEXPECTED_MESSAGE,
-                         f"record of content type {content_type} inside protection")
+            raise Abort(suites.UNEXPECTED_MESSAGE,
+                        f"record of content type {content_type} inside protection")
 
     def _application_data(self, data: bytes) -> None:
         if self.state is not State.CONNECTED:
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "application data before the handshake")
+            raise Abort(suites.UNEXPECTED_MESSAGE, "application data before the handshake")
         if not data:
             self._empty_records += 1
             if self._empty_records > MAX_EMPTY_RECORDS:
-                raise _Abort(suites.UNEXPECTED_MESSAGE, "too many empty records")
+                raise Abort(suites.UNEXPECTED_MESSAGE, "too many empty records")
             return
         self._empty_records = 0
         if self._key_updates:
@@ -455,7 +404,7 @@ class ServerConnection:
     def _alert(self, fragment: bytes) -> None:
         if not fragment and self.version == suites.TLS13:
             # RFC 8446 5.4: an Alert with zero-length content MUST get unexpected_message.
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "empty alert record")
+            raise Abort(suites.UNEXPECTED_MESSAGE, "empty alert record")
         alert = m.parse_alert(fragment)
         if alert.description == suites.CLOSE_NOTIFY:
             self.peer_closed = True
@@ -475,7 +424,7 @@ class ServerConnection:
         if warning:
             self._warnings += 1
             if self._warnings > MAX_WARNING_ALERTS:
-                raise _Abort(suites.UNEXPECTED_MESSAGE, "too many warning alerts")
+                raise Abort(suites.UNEXPECTED_MESSAGE, "too many warning alerts")
             return
         self.state = State.FAILED
         self._events.append(ConnectionFailed(None, f"client sent alert {name}"))
@@ -485,8 +434,8 @@ class ServerConnection:
                 (self.state, self.version == suites.TLS13), ()):
             # Judge the type on the first byte: an out-of-place message (e.g. a Finished
             # before the CCS) is unexpected_message, not a length error after buffering.
-            raise _Abort(suites.UNEXPECTED_MESSAGE,
-                         f"unexpected handshake message {fragment[0]} in {self.state.name}")
+            raise Abort(suites.UNEXPECTED_MESSAGE,
+                        f"unexpected handshake message {fragment[0]} in {self.state.name}")
         self._handshake.feed(fragment)
         while self.state not in (State.FAILED, State.CHOOSE_CERTIFICATE):
             got = self._handshake.next_message()
@@ -495,30 +444,30 @@ class ServerConnection:
             msg_type, body, whole = got
             tls13 = self.version == suites.TLS13
             if msg_type not in _EXPECTED.get((self.state, tls13), ()):
-                raise _Abort(suites.UNEXPECTED_MESSAGE,
-                             f"unexpected handshake message {msg_type} in {self.state.name}")
+                raise Abort(suites.UNEXPECTED_MESSAGE,
+                            f"unexpected handshake message {msg_type} in {self.state.name}")
             self._handshake_message(msg_type, body, whole)
 
     def _require_record_boundary(self, what: str) -> None:
         # RFC 8446 5.1: messages before a key change must end at a record boundary.
         if not self._handshake.empty():
-            raise _Abort(suites.UNEXPECTED_MESSAGE, f"data after {what} in the same record")
+            raise Abort(suites.UNEXPECTED_MESSAGE, f"data after {what} in the same record")
 
     def _handshake_message(self, msg_type: int, body: bytes, whole: bytes) -> None:
         # The row is read before the handler runs: the ClientHello's handler sets the version.
         handler, allowed = _TRANSITIONS[(self.state, self.version == suites.TLS13)][msg_type]
         self._enter(getattr(self, handler)(body, whole), allowed)
 
-    def _renegotiation(self, body: bytes, whole: bytes) -> _StateValue:
+    def _renegotiation(self, body: bytes, whole: bytes) -> StateValue:
         # RFC 5746: we never renegotiate; a warning lets the client carry on.
         self._warnings += 1
         if self._warnings > MAX_WARNING_ALERTS:
-            raise _Abort(suites.UNEXPECTED_MESSAGE, "too many renegotiation attempts")
+            raise Abort(suites.UNEXPECTED_MESSAGE, "too many renegotiation attempts")
         self._send_alert(1, suites.NO_RENEGOTIATION)
         return State.CONNECTED
 
     # ------------------------------------------------------------------ ClientHello
-    def _client_hello(self, body: bytes, whole: bytes) -> _StateValue:
+    def _client_hello(self, body: bytes, whole: bytes) -> StateValue:
         self._require_record_boundary("ClientHello")
         hello = m.parse_client_hello(body)
         self.client_hello = hello
@@ -528,18 +477,18 @@ class ServerConnection:
         self.version = version
         self._record_version = min(version, suites.TLS12)
         if suites.TLS_FALLBACK_SCSV in hello.cipher_suites and version < self.config.version_max:
-            raise _Abort(suites.INAPPROPRIATE_FALLBACK,
-                         "client fell back to a lower version than both support")
+            raise Abort(suites.INAPPROPRIATE_FALLBACK,
+                        "client fell back to a lower version than both support")
         if version == suites.TLS13:
             if hello.compression_methods != b"\x00":
-                raise _Abort(suites.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello with compression")
+                raise Abort(suites.ILLEGAL_PARAMETER, "TLS 1.3 ClientHello with compression")
         elif 0 not in hello.compression_methods:
             # RFC 5246 7.4.1.2: the list MUST hold null; without it the field is wrong.
-            raise _Abort(suites.ILLEGAL_PARAMETER, "client offers no null compression")
+            raise Abort(suites.ILLEGAL_PARAMETER, "client offers no null compression")
         try:
             offer = read_offer(hello, version)
         except OfferRefused as e:
-            raise _Abort(e.alert, e.reason) from None
+            raise Abort(e.alert, e.reason) from None
         self._offer = offer
         self.sni = offer.sni
         self._ems = offer.ems
@@ -557,7 +506,7 @@ class ServerConnection:
         if legacy < suites.TLS10:
             # RFC 8446 D.5: legacy_version 0x0300 or lower MUST be refused with
             # protocol_version, whatever supported_versions offers.
-            raise _Abort(suites.PROTOCOL_VERSION, f"client offers version {legacy:#06x}")
+            raise Abort(suites.PROTOCOL_VERSION, f"client offers version {legacy:#06x}")
         raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
         if raw is not None:
             # RFC 8446 4.2.1: with supported_versions, only it counts (also when TLS 1.3
@@ -566,19 +515,19 @@ class ServerConnection:
             for v in sorted(set(offered), reverse=True):
                 if cfg.version_min <= v <= cfg.version_max:
                     return v
-            raise _Abort(suites.PROTOCOL_VERSION, "no protocol version in common; client "
-                         "offers " + ",".join(suites.VERSION_LABELS.get(v, hex(v))
+            raise Abort(suites.PROTOCOL_VERSION, "no protocol version in common; client "
+                        "offers " + ",".join(suites.VERSION_LABELS.get(v, hex(v))
                                               for v in offered))
         version = min(legacy, cfg.version_max, suites.TLS12)
         if version < cfg.version_min:
-            raise _Abort(suites.PROTOCOL_VERSION,
-                         f"client's highest version "
-                         f"{suites.VERSION_LABELS.get(legacy, hex(legacy))}"
-                         " is below the configured minimum")
+            raise Abort(suites.PROTOCOL_VERSION,
+                        f"client's highest version "
+                        f"{suites.VERSION_LABELS.get(legacy, hex(legacy))}"
+                        " is below the configured minimum")
         return version
 
     # ------------------------------------------------------------------ choice
-    def _choose(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
+    def _choose(self, candidates: Sequence[Candidate | Unusable]) -> StateValue:
         if self.version == suites.TLS13:
             return self._choose_13(candidates)
         return self._choose_12(candidates)
@@ -600,15 +549,15 @@ class ServerConnection:
         usable = [(i, c) for i, c in enumerate(candidates) if isinstance(c, Candidate)]
         if not usable:
             reasons = "; ".join(c.reason for c in candidates if isinstance(c, Unusable))
-            raise _Abort(suites.INTERNAL_ERROR,
-                         "no usable certificate" + (f" ({reasons})" if reasons else ""))
+            raise Abort(suites.INTERNAL_ERROR,
+                        "no usable certificate" + (f" ({reasons})" if reasons else ""))
         return usable
 
     def _refuse(self, index: int, reason: str) -> None:
         self._refused.append(reason)
         self._events.append(CertificateRefused(index, reason))
 
-    def _with_certificate(self, flight: Callable[[], _StateValue]) -> _StateValue:
+    def _with_certificate(self, flight: Callable[[], StateValue]) -> StateValue:
         """Select the first fitting candidate not tried yet (self._choices) and make `flight`,
         the server flight whose key-side call signs with its key. The key side parses a
         private key only at select() (never before the first signature), so this is where a
@@ -634,214 +583,21 @@ class ServerConnection:
                 self._refuse(index, e.reason)
         raise self._no_certificate(self._no_fit)
 
-    def _no_certificate(self, reason: str) -> _Abort:
+    def _no_certificate(self, reason: str) -> Abort:
         if self._refused:
-            return _Abort(suites.INTERNAL_ERROR,
-                          "no usable certificate (" + "; ".join(self._refused) + ")")
-        return _Abort(suites.HANDSHAKE_FAILURE, reason)
-
-    def _choose_13(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
-        hello = self.client_hello
-        suite = self._pick_suite(hello.cipher_suites, self.config.suite_codes(suites.TLS13))
-        if suite is None:
-            raise _Abort(suites.HANDSHAKE_FAILURE, "no cipher suite in common")
-        choices: list[tuple[int, Candidate, int | None, int]] = []
-        for index, cand in self._usable_candidates(candidates):
-            scheme = next((s for s in suites.SCHEMES_13.get(cand.key_type, ())
-                           if s in self._offer.schemes), None)
-            if scheme is not None:
-                choices.append((index, cand, None, scheme))
-        self._no_fit = "no certificate fits the client's signature algorithms"
-        if not choices:
-            raise self._no_certificate(self._no_fit)
-        # The key is selected with the server flight (_with_certificate), after a
-        # HelloRetryRequest if one is needed: neither the suite nor the group depends on it.
-        self._choices = choices
-        enabled = self.config.group_codes
-        shared = {g: s for g, s in self._offer.shares}
-        group = next((g for g in enabled if g in shared), None)
-        self.suite = suites.SUITES[suite]
-        if group is None:
-            offered = frozenset(self._offer.groups)
-            group = next((g for g in enabled if g in offered), None)
-            if group is None:
-                raise _Abort(suites.HANDSHAKE_FAILURE, "no key exchange group in common")
-            self.group = group
-            return self._send_hello_retry_request()
-        self.group = group
-        return self._server_flight_13(shared[group])
-
-    def _choose_12(self, candidates: Sequence[Candidate | Unusable]) -> _StateValue:
-        hello = self.client_hello
-        version = self.version
-        enabled_groups = [g for g in self.config.group_codes if g not in suites.TLS13_ONLY_GROUPS]
-        offered_groups = frozenset(self._offer.groups)
-        if offered_groups:
-            group = next((g for g in enabled_groups if g in offered_groups), None)
-        else:
-            # RFC 8422 4: without supported_groups any curve may be used; P-256 is safest.
-            group = suites.SECP256R1 if suites.SECP256R1 in enabled_groups else \
-                next(iter(enabled_groups), None)
-        if group is None:
-            raise _Abort(suites.HANDSHAKE_FAILURE, "no elliptic curve in common")
-        if self._offer.point_formats is not None and 0 not in self._offer.point_formats:
-            raise _Abort(suites.ILLEGAL_PARAMETER, "client does not accept uncompressed points")
-        # RFC 5246 7.4.1.4.1: without signature_algorithms, SHA-1 is assumed.
-        schemes = self._offer.schemes or (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
-        if version < suites.TLS12:
-            schemes = (suites.RSA_PKCS1_SHA1, suites.ECDSA_SHA1)
-        enabled = self.config.suite_codes(version)
-        choices: list[tuple[int, Candidate, int | None, int]] = []
-        for index, cand in self._usable_candidates(candidates):
-            auth = "rsa" if cand.key_type == suites.KEY_RSA else "ecdsa"
-            if auth == "ecdsa" and offered_groups and \
-                    _CERT_CURVE.get(cand.key_type) not in offered_groups:
-                continue   # RFC 8422 5.1: the certificate's curve must be one the client lists
-            usable = [c for c in enabled if suites.SUITES[c].auth == auth]
-            suite = self._pick_suite(hello.cipher_suites, usable)
-            scheme = next((s for s in suites.SCHEMES_12.get(cand.key_type, ())
-                           if s in schemes), None)
-            if suite is not None and scheme is not None:
-                if version < suites.TLS12:
-                    scheme = suites.LEGACY_RSA_MD5_SHA1 if cand.key_type == suites.KEY_RSA \
-                        else suites.LEGACY_ECDSA_SHA1
-                choices.append((index, cand, suite, scheme))
-        self._no_fit = "no certificate and cipher suite fit the client's offer"
-        if not choices:
-            raise self._no_certificate(self._no_fit)
-        self._choices = choices
-        self.group = group
-        return self._with_certificate(self._server_flight_12)
+            return Abort(suites.INTERNAL_ERROR,
+                         "no usable certificate (" + "; ".join(self._refused) + ")")
+        return Abort(suites.HANDSHAKE_FAILURE, reason)
 
     # ------------------------------------------------------------------ TLS 1.3
-    def _make_server_random(self) -> bytes:
-        random = self._random(32)
-        cfg = self.config
-        if self.version == suites.TLS12 and cfg.version_max >= suites.TLS13:
-            random = random[:24] + suites.DOWNGRADE_TLS12
-        elif self.version is not None and self.version < suites.TLS12 \
-                and cfg.version_max >= suites.TLS12:
-            random = random[:24] + suites.DOWNGRADE_TLS11
-        return random
-
-    def _send_hello_retry_request(self) -> _StateValue:
-        hello = self.client_hello
-        hrr = m.ServerHello(
-            legacy_version=suites.TLS12, random=suites.HRR_RANDOM,
-            session_id=hello.session_id, cipher_suite=self.suite.code,
-            extensions=(
-                m.Extension(suites.EXT_SUPPORTED_VERSIONS,
-                            m.build_supported_versions_server(suites.TLS13)),
-                m.Extension(suites.EXT_KEY_SHARE, m.build_key_share_hrr(self.group)),
-            ))
-        # RFC 8446 4.4.1: the first ClientHello is replaced by its hash.
-        self._transcript.replace_client_hello(self._hash_name())
-        msg = handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(hrr))
-        self._transcript.append(msg)
-        self._send_handshake([msg])
-        self._hrr_sent = True
-        if hello.session_id:
-            self._send_change_cipher_spec()
-            self._ccs_sent = True
-        return State.WAIT_CLIENT_HELLO_2
-
-    def _client_hello_2(self, body: bytes, whole: bytes) -> _StateValue:
-        self._require_record_boundary("ClientHello")
-        hello = m.parse_client_hello(body)
-        first = self.client_hello
-        raw = hello.extension(suites.EXT_SUPPORTED_VERSIONS)
-        if raw is None or suites.TLS13 not in m.parse_supported_versions_client(raw):
-            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello without TLS 1.3")
-        if hello.cipher_suites != first.cipher_suites or hello.random != first.random \
-                or hello.session_id != first.session_id:
-            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello differs from the first")
-        raw = hello.extension(suites.EXT_KEY_SHARE)
-        shares = m.parse_key_share_client(raw) if raw is not None else ()
-        # RFC 8446 4.2.8: exactly one share, for the group we asked for.
-        if len(shares) != 1 or shares[0][0] != self.group:
-            raise _Abort(suites.ILLEGAL_PARAMETER, "second ClientHello without the key share "
-                         "we asked for")
-        if hello.extension(suites.EXT_EARLY_DATA) is not None:
-            raise _Abort(suites.ILLEGAL_PARAMETER, "early_data in the second ClientHello")
-        self._early_data_offered = False
-        self.client_hello = hello
-        self._transcript.append(whole)
-        return self._server_flight_13(shares[0][1])
-
-    def _server_flight_13(self, peer_share: bytes) -> _StateValue:
-        expected = suites.KEY_SHARE_SIZES[self.group][0]
-        if len(peer_share) != expected:
-            raise _Abort(suites.ILLEGAL_PARAMETER, f"key share of {len(peer_share)} bytes for "
-                         f"group {suites.GROUP_LABELS[self.group]}")
-        return self._with_certificate(lambda: self._flight_13(peer_share))
-
-    def _flight_13(self, peer_share: bytes) -> _StateValue:
-        """The flight with the certificate and scheme _with_certificate chose; nothing of the
-        engine's state changes before the key side's answer but the server random."""
-        hello = self.client_hello
-        self._server_random = self._random(32)
-        # Our key share is the last thing in the ServerHello (key_share, the last extension,
-        # ends with it): the key side makes it and appends it to `hello_head`.
-        share_size = suites.KEY_SHARE_SIZES[self.group][1]
-        server_hello = m.ServerHello(
-            legacy_version=suites.TLS12, random=self._server_random,
-            session_id=hello.session_id, cipher_suite=self.suite.code,
-            extensions=(
-                m.Extension(suites.EXT_SUPPORTED_VERSIONS,
-                            m.build_supported_versions_server(suites.TLS13)),
-                m.Extension(suites.EXT_KEY_SHARE,
-                            m.build_key_share_server(self.group, bytes(share_size))),
-            ))
-        hello_head = handshake_message(suites.HS_SERVER_HELLO,
-                                       m.build_server_hello(server_hello))[:-share_size]
-        flight = [handshake_message(suites.HS_ENCRYPTED_EXTENSIONS,
-                                    m.build_encrypted_extensions(m.EncryptedExtensions(())))]
-        client_auth = self.config.request_client_certificate
-        if client_auth:
-            # RFC 8446 4.3.2: an empty context (no post-handshake auth), our schemes, and the
-            # anchors' names so that the client can pick its certificate.
-            extensions = [m.Extension(suites.EXT_SIGNATURE_ALGORITHMS,
-                                      m.build_signature_algorithms(CLIENT_SCHEMES_13))]
-            if self.config.client_ca_names:
-                extensions.append(m.Extension(suites.EXT_CERTIFICATE_AUTHORITIES,
-                                              m.build_certificate_authorities(
-                                                  self.config.client_ca_names)))
-            flight.append(handshake_message(
-                suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request13(
-                    m.CertificateRequest13(b"", tuple(extensions)))))
-        flight.append(handshake_message(suites.HS_CERTIFICATE, m.build_certificate13(
-            m.Certificate13(b"", tuple((der, b"") for der in self._candidate.chain)))))
-        # One round trip: key exchange, handshake keys (both directions active), signature,
-        # our Finished, the sealed flight, application keys (WRITE active).
-        our_share, certificate_verify, finished, records, client_verify = \
-            self.keys.server_flight13(self.group, peer_share, self.suite.code, self.scheme,
-                                      self._transcript.messages, hello_head, flight, client_auth)
-        if len(our_share) != share_size:
-            raise _Abort(suites.INTERNAL_ERROR, "key share of the wrong size from the key side")
-        msg = hello_head + our_share
-        self._transcript.append(msg)
-        self._out.append(plaintext_records(suites.HANDSHAKE, self._record_version, msg))
-        if hello.session_id and not self._ccs_sent:
-            # RFC 8446 D.4: middlebox compatibility mode.
-            self._send_change_cipher_spec()
-            self._ccs_sent = True
-        self._protected_write = self._protected_read = True
-        self._reader.limit = suites.MAX_CIPHERTEXT_13
-        self._transcript.extend(flight)
-        self._transcript.append(certificate_verify)
-        self._transcript.append(finished)
-        self._out.append(records)
-        self._expected_client_finished = client_verify
-        return State.WAIT_CLIENT_CERTIFICATE if client_auth else State.WAIT_FINISHED
-
-    def _key_update(self, body: bytes, whole: bytes) -> _StateValue:
+    def _key_update(self, body: bytes, whole: bytes) -> StateValue:
         self._require_record_boundary("KeyUpdate")
         update = m.parse_key_update(body)
         # Each one costs us a key derivation and, if requested, an answer: bound a flood.
         self._key_updates += 1
         if self._key_updates > MAX_KEY_UPDATES:
-            raise _Abort(suites.UNEXPECTED_MESSAGE,
-                         "too many KeyUpdate messages for the application data received")
+            raise Abort(suites.UNEXPECTED_MESSAGE,
+                        "too many KeyUpdate messages for the application data received")
         self.keys.key_update(READ)
         if update.request_update == 1 and not self.local_closed:
             # RFC 8446 4.6.3: answer with update_not_requested, then switch our keys.
@@ -850,129 +606,13 @@ class ServerConnection:
             self.keys.key_update(WRITE)
         return State.CONNECTED
 
-    # ------------------------------------------------------------------ TLS 1.2
-    def _server_flight_12(self) -> _StateValue:
-        self._server_random = self._make_server_random()
-        extensions = []
-        if self._offer.secure_renegotiation:
-            extensions.append(m.Extension(suites.EXT_RENEGOTIATION_INFO,
-                                          m.build_renegotiation_info(b"")))
-        if self._ems:
-            extensions.append(m.Extension(suites.EXT_EXTENDED_MASTER_SECRET, b""))
-        # RFC 7366 3: encrypt-then-MAC only for a CBC suite; an AEAD suite ignores the offer.
-        self._etm = self._offer.etm and self.suite.mac is not None
-        if self._etm:
-            extensions.append(m.Extension(suites.EXT_ENCRYPT_THEN_MAC, b""))
-        if self._offer.point_formats is not None:
-            extensions.append(m.Extension(suites.EXT_EC_POINT_FORMATS,
-                                          m.build_ec_point_formats(b"\x00")))
-        # An empty session_id: we never resume (RFC 5246 7.4.1.3).
-        server_hello = m.ServerHello(
-            legacy_version=self.version, random=self._server_random, session_id=b"",
-            cipher_suite=self.suite.code, extensions=tuple(extensions))
-        flight = [handshake_message(suites.HS_SERVER_HELLO, m.build_server_hello(server_hello)),
-                  handshake_message(suites.HS_CERTIFICATE, m.build_certificate12(
-                      m.Certificate12(tuple(self._candidate.chain))))]
-        public, signature = self.keys.server_key_exchange12(
-            self.group, self.scheme, self._client_random, self._server_random)
-        wire_scheme = self.scheme if self.version >= suites.TLS12 else None
-        flight.append(handshake_message(suites.HS_SERVER_KEY_EXCHANGE,
-                                        m.build_server_key_exchange(m.ServerKeyExchangeECDHE(
-                                            self.group, public, wire_scheme, signature))))
-        if self.config.request_client_certificate:
-            # RFC 5246 7.4.4 (TLS 1.0/1.1: without supported_signature_algorithms).
-            tls12 = self.version >= suites.TLS12
-            flight.append(handshake_message(
-                suites.HS_CERTIFICATE_REQUEST, m.build_certificate_request12(
-                    m.CertificateRequest12(CLIENT_CERTIFICATE_TYPES,
-                                           CLIENT_SCHEMES_12 if tls12 else (),
-                                           self.config.client_ca_names), has_schemes=tls12)))
-        flight.append(handshake_message(suites.HS_SERVER_HELLO_DONE,
-                                        m.build_server_hello_done()))
-        self._transcript.extend(flight)
-        self._send_handshake(flight)
-        return State.WAIT_CLIENT_CERTIFICATE if self.config.request_client_certificate \
-            else State.WAIT_CLIENT_KEY_EXCHANGE
-
-    def _client_key_exchange(self, body: bytes, whole: bytes) -> _StateValue:
-        cke = m.parse_client_key_exchange(body)
-        if len(cke.public) != suites.KEY_SHARE_SIZES[self.group][0]:
-            raise _Abort(suites.ILLEGAL_PARAMETER, "client key share of the wrong size")
-        self._transcript.append(whole)
-        if self._client_chain:
-            session_hash = self._transcript_hash() if self._ems else None
-            self.keys.derive12(self.version, self.suite.code, cke.public, self._client_random,
-                               self._server_random, session_hash, self._etm)
-            return State.WAIT_CLIENT_CERTIFICATE_VERIFY   # RFC 5246 7.4.8
-        # One round trip: the keys, the client's Finished expected, and ours sealed ahead
-        # (sent only once the client's has verified).
-        self._expected_client_finished, self._server_finished = self.keys.derive12_finished(
-            self.version, self.suite.code, cke.public, self._client_random,
-            self._server_random, self._transcript.messages, self._ems, self._etm)
-        return State.WAIT_CHANGE_CIPHER_SPEC
-
     # ------------------------------------------------------------------ client certificate
-    def _client_certificate(self, body: bytes, whole: bytes) -> _StateValue:
-        tls13 = self.version == suites.TLS13
-        if tls13:
-            msg = m.parse_certificate13(body)
-            if msg.context:
-                raise _Abort(suites.ILLEGAL_PARAMETER, "client Certificate with a context")
-            chain = tuple(der for der, _ in msg.entries)
-        else:
-            chain = m.parse_certificate12(body).chain
-        self._transcript.append(whole)
-        if not chain:
-            # RFC 8446 4.4.2.4 / RFC 5246 7.4.6: we require one.
-            raise _Abort(suites.CERTIFICATE_REQUIRED if tls13 else suites.HANDSHAKE_FAILURE,
-                         "client sent no certificate")
-        verifier = self.config.client_verifier
-        if verifier is None:
-            raise _Abort(suites.INTERNAL_ERROR, "no client certificate verifier configured")
-        alert, reason, identity = verifier.verify_chain(chain)
-        if alert is not None:
-            raise _Abort(alert, f"client certificate refused: {reason}")
-        self._client_chain = chain
-        self._client_identity = identity
-        return State.WAIT_CLIENT_CERTIFICATE_VERIFY if tls13 \
-            else State.WAIT_CLIENT_KEY_EXCHANGE
-
-    def _client_certificate_verify(self, body: bytes, whole: bytes) -> _StateValue:
-        tls13 = self.version == suites.TLS13
-        scheme: int | None
-        if self.version < suites.TLS12:
-            # RFC 4346 7.4.8: no SignatureAndHashAlgorithm, the key type decides.
-            r = Reader(body)
-            scheme, signature = None, r.vec16()
-            r.expect_end("CertificateVerify")
-        else:
-            cv = m.parse_certificate_verify(body)
-            scheme, signature = cv.scheme, cv.signature
-            if scheme not in (CLIENT_SCHEMES_13 if tls13 else CLIENT_SCHEMES_12):
-                raise _Abort(suites.ILLEGAL_PARAMETER, f"client CertificateVerify with "
-                             f"scheme {scheme:#06x}, which we did not offer")
-        if tls13:
-            content = CLIENT_PREFIX + self._transcript_hash()
-        else:
-            content = b"".join(self._transcript.messages)   # every handshake message so far
-        if not self.config.client_verifier.verify_signature(self._client_chain[0], scheme,
-                                                           content, signature, tls13):
-            raise _Abort(suites.DECRYPT_ERROR, "client CertificateVerify does not verify")
-        self._transcript.append(whole)
-        if tls13:
-            self._expected_client_finished = self.keys.finished13(SENDER_CLIENT,
-                                                                  self._transcript_hash())
-            return State.WAIT_FINISHED
-        self._expected_client_finished = self.keys.finished12(SENDER_CLIENT,
-                                                              self._transcript_hash())
-        return State.WAIT_CHANGE_CIPHER_SPEC
-
     # ------------------------------------------------------------------ Finished
-    def _finished(self, body: bytes, whole: bytes) -> _StateValue:
+    def _finished(self, body: bytes, whole: bytes) -> StateValue:
         self._require_record_boundary("Finished")
         fin = m.parse_finished(body, len(self._expected_client_finished))
         if not hmac.compare_digest(fin.verify_data, self._expected_client_finished):
-            raise _Abort(suites.DECRYPT_ERROR, "client Finished does not verify")
+            raise Abort(suites.DECRYPT_ERROR, "client Finished does not verify")
         self._transcript.append(whole)
         if self.version == suites.TLS13:
             self.keys.activate(READ)
