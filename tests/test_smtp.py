@@ -70,7 +70,7 @@ def test_parse_usage_errors(args):
 
 @pytest.mark.parametrize("args", [["-g", "foo", "p"], ["-g", "h:99999", "p"], ["-t", "0", "p"],
                                   ["-T", "x", "p"], ["-u", "no-such-user-xyz", "p"],
-                                  ["-u", "root", "p"], ["-J", "", "p"]])
+                                  ["-u", "root", "p"], ["-J", "", "p"], ["-t", "+-5", "p"]])
 def test_parse_option_errors(args):
     with pytest.raises(smtp.OptionError):
         smtp.parse(args)

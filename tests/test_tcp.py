@@ -38,7 +38,8 @@ def test_usage_errors(args):
 
 @pytest.mark.parametrize("args", [["h", "65536"], ["h", "x"], ["-t0", "h", "1"],
                                   ["-T", "86401", "h", "1"], ["-P3", "h", "1"], ["-P0", "h", "1"], ["-p3", "h", "1"],
-                                  ["-j", "no-such-user-xyz", "h", "1"], ["-j", "root", "h", "1"]])
+                                  ["-j", "no-such-user-xyz", "h", "1"], ["-j", "root", "h", "1"],
+                                  ["-t", "+-5", "h", "1"], ["-T", "\u0665", "h", "1"]])
 def test_option_errors(args):
     with pytest.raises(tcp.OptionError):
         tcp.parse(args)

@@ -11,7 +11,7 @@ import stat
 
 from tlswrapper import log
 from tlswrapper.commands.optscan import (  # noqa: F401 (the errors: re-exported)
-    OptionError, UsageError, check_account, run_main, split_options)
+    OptionError, UsageError, check_account, parse_timeout, run_main, split_options)
 from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE  # noqa: F401 (EXIT_USAGE: tests)
 from tlswrapper.jail import DEFAULT_JAIL_DIR
 from tlswrapper.net.certfiles import CertEntry, candidate_paths, fixpath
@@ -34,7 +34,6 @@ WITH_VALUE = frozenset("fdacemMtTuUpJj")
 
 DEFAULT_TIMEOUT = 60
 DEFAULT_HANDSHAKE_TIMEOUT = 30
-MAX_TIMEOUT = 86400          # the C version refuses more than a day
 USER_FIELDS = ("commonName", "emailAddress")
 
 
@@ -164,20 +163,6 @@ def _choice(what: str, value: str, table: Sequence[str]) -> str:
     return value
 
 
-def _timeout(what: str, value: str) -> int:
-    # [+-]?[0-9]+ (isascii: str.isdigit also takes other scripts' digits and superscripts)
-    digits = value[1:] if value[:1] in ("+", "-") else value
-    if not (digits.isascii() and digits.isdigit()):
-        raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
-                          f"(invalid argument)")
-    n = int(value)
-    if n <= 0:
-        raise OptionError(f"{what} must be a number > 0, not '{value}'")
-    if n > MAX_TIMEOUT:
-        raise OptionError(f"{what} must be a number <= {MAX_TIMEOUT}, not '{value}'")
-    return n
-
-
 def _version_name(code: int) -> str:
     return next(k for k, v in suites.VERSION_NAMES.items() if v == code)
 
@@ -234,9 +219,9 @@ def parse(args: Sequence[str]) -> Options:
             name = _choice(f"TLS {which} version", value, tuple(suites.VERSION_NAMES))
             kw["version_min" if letter == "m" else "version_max"] = suites.VERSION_NAMES[name]
         elif letter == "t":
-            kw["timeout"] = _timeout("timeout", value)
+            kw["timeout"] = parse_timeout("timeout", value)
         elif letter == "T":
-            kw["handshake_timeout"] = _timeout("handshake timeout", value)
+            kw["handshake_timeout"] = parse_timeout("handshake timeout", value)
         elif letter == "u":
             kw["user"] = check_account("u", value)
         elif letter == "U":

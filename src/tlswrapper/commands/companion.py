@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 DEFAULT_CONNECT_TIMEOUT = 10    # -T: connect timeout (per address; also the resolver's limit)
-MAX_TIMEOUT = 86400             # as tlswrapper: more than a day is refused
 MAX_ADDRESSES = 16              # resolved addresses kept (one socket each before the jail)
 RESOLVER_REPLY_LIMIT = 4096     # bytes read from the resolver process, at most
 
@@ -48,19 +47,6 @@ def verbosity_of(opts: Sequence[tuple[str, str | None]]) -> int:
         elif value is None and letter == "v":
             level = min(level + 1, log.MAX_VERBOSITY)
     return level
-
-
-def parse_timeout(what: str, value: str) -> int:
-    v = value.strip()
-    if not v.isascii() or not v.lstrip("+-").isdigit():
-        raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
-                          f"(invalid argument)")
-    n = int(v)
-    if n <= 0:
-        raise OptionError(f"{what} must be a number > 0, not '{log.escape(value)}'")
-    if n > MAX_TIMEOUT:
-        raise OptionError(f"{what} must be a number <= {MAX_TIMEOUT}, not '{log.escape(value)}'")
-    return n
 
 
 def parse_port(value: str) -> int:

@@ -27,6 +27,24 @@ class OptionError(Exception):
     """A readable command line with a bad value or file: one fatal line, exit 100."""
 
 
+MAX_TIMEOUT = 86400          # the C versions refuse more than a day
+
+
+def parse_timeout(what: str, value: str) -> int:
+    """A timeout in seconds for -t/-T (tlswrapper and its companions alike): [+-]?[0-9]+ in
+    ASCII (str.isdigit also takes other scripts' digits and superscripts), 1..MAX_TIMEOUT."""
+    digits = value[1:] if value[:1] in ("+", "-") else value
+    if not (digits.isascii() and digits.isdigit()):
+        raise OptionError(f"unable to parse {what} from the string '{log.escape(value)}' "
+                          f"(invalid argument)")
+    n = int(value)
+    if n <= 0:
+        raise OptionError(f"{what} must be a number > 0, not '{log.escape(value)}'")
+    if n > MAX_TIMEOUT:
+        raise OptionError(f"{what} must be a number <= {MAX_TIMEOUT}, not '{log.escape(value)}'")
+    return n
+
+
 def check_account(option: str, name: str) -> str:
     """An account for -u or -j (tlswrapper and its companions alike): it must exist and not
     have uid or gid 0 (prog or the jail as root would undo the separation)."""

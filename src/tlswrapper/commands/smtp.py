@@ -21,10 +21,10 @@ import time
 
 from tlswrapper import jail, log
 from tlswrapper.commands.companion import (Address, Failure, connect_first, make_sockets,
-                                           parse_jail_dir, parse_port, parse_timeout, resolve,
-                                           verbosity_of, warm_up)
-from tlswrapper.commands.optscan import (OptionError, UsageError, check_account, run_main,
-                                         split_options)
+                                           parse_jail_dir, parse_port, resolve, verbosity_of,
+                                           warm_up)
+from tlswrapper.commands.optscan import (OptionError, UsageError, check_account, parse_timeout,
+                                         run_main, split_options)
 from tlswrapper.exits import EXIT_FAILURE
 # CONTROL_FD (5): we write the zero byte here; ACK_FD (6): tlswrapper answers with one there.
 from tlswrapper.net.prog import (ACK_FD, CONTROL_FD, ChildError, Prog, connection_addresses,

@@ -21,10 +21,9 @@ import time
 from tlswrapper import jail, log
 from tlswrapper.commands.companion import (DEFAULT_CONNECT_TIMEOUT, Failure,
                                            connect_first, make_sockets, parse_jail_dir,
-                                           parse_port, parse_timeout, resolve, verbosity_of,
-                                           warm_up)
+                                           parse_port, resolve, verbosity_of, warm_up)
 from tlswrapper.commands.optscan import (  # noqa: F401 (the errors: re-exported)
-    OptionError, UsageError, check_account, run_main, split_options)
+    OptionError, UsageError, check_account, parse_timeout, run_main, split_options)
 from tlswrapper.exits import EXIT_FAILURE, EXIT_OK, EXIT_USAGE  # noqa: F401 (EXIT_USAGE: tests)
 from tlswrapper.net import proxyproto
 from tlswrapper.net.prog import connection_addresses
