@@ -238,11 +238,13 @@ class ProxyReader:
         return header
 
 
-def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes:
-    """The header line for a connection from `source` to `dest` (ip, port). UNKNOWN when an
-    address is missing, does not parse, or the two are of different families."""
+def endpoints(source: tuple[str, int] | None, dest: tuple[str, int] | None):
+    """((source address, port), (dest address, port)) as ipaddress objects for an outgoing
+    header of either version: scope ids dropped, IPv4-mapped addresses as IPv4. None when an
+    address is missing, does not parse, or the two are of different families (the header then
+    says UNKNOWN, or UNSPEC in version 2)."""
     if source is None or dest is None:
-        return b"PROXY UNKNOWN\r\n"
+        return None
     import ipaddress
     try:
         addrs = []
@@ -254,9 +256,18 @@ def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes
                 raise ValueError
             addrs.append((addr, int(port)))
     except (ValueError, TypeError):
+        return None
+    if addrs[0][0].version != addrs[1][0].version:
+        return None
+    return addrs[0], addrs[1]
+
+
+def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes:
+    """The header line for a connection from `source` to `dest` (ip, port). UNKNOWN when an
+    address is missing, does not parse, or the two are of different families."""
+    pair = endpoints(source, dest)
+    if pair is None:
         return b"PROXY UNKNOWN\r\n"
-    (sa, sp), (da, dp) = addrs
-    if sa.version != da.version:
-        return b"PROXY UNKNOWN\r\n"
+    (sa, sp), (da, dp) = pair
     family = "TCP4" if sa.version == 4 else "TCP6"
     return f"PROXY {family} {sa} {da} {sp} {dp}\r\n".encode("ascii")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 
-from tlswrapper.net.proxyproto import ProxyError, ProxyHeader
+from tlswrapper.net.proxyproto import ProxyError, ProxyHeader, endpoints
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 FIXED = 16                       # signature, version/command, family/transport, length
@@ -145,24 +145,10 @@ def build(source: tuple[str, int] | None, dest: tuple[str, int] | None) -> bytes
     UNSPEC with no addresses when an address is missing, does not parse, or the two are of
     different families (section 2.2: "the sender should use this family ... when dealing with
     unsupported protocol families")."""
-    unspec = SIGNATURE + bytes([VERSION << 4 | PROXY, 0x00]) + b"\x00\x00"
-    if source is None or dest is None:
-        return unspec
-    import ipaddress
-    try:
-        packed = []
-        for ip, port in (source, dest):
-            addr = ipaddress.ip_address(str(ip).split("%", 1)[0])
-            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-                addr = addr.ipv4_mapped
-            if not 0 <= int(port) <= 65535:
-                raise ValueError
-            packed.append((addr, int(port)))
-    except (ValueError, TypeError):
-        return unspec
-    (sa, sp), (da, dp) = packed
-    if sa.version != da.version:
-        return unspec
+    pair = endpoints(source, dest)
+    if pair is None:
+        return SIGNATURE + bytes([VERSION << 4 | PROXY, 0x00]) + b"\x00\x00"
+    (sa, sp), (da, dp) = pair
     family = 0x11 if sa.version == 4 else 0x21
     body = sa.packed + da.packed + sp.to_bytes(2, "big") + dp.to_bytes(2, "big")
     return SIGNATURE + bytes([VERSION << 4 | PROXY, family]) + len(body).to_bytes(2, "big") \
