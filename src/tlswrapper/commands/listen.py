@@ -23,10 +23,8 @@ namespace already mean a cipher and nothing.
 
 from __future__ import annotations
 
-import array
 import collections
 import errno
-import fcntl
 import gc
 import os
 import resource
@@ -34,7 +32,6 @@ import select
 import signal
 import socket
 import sys
-import termios
 import time
 from typing import NoReturn, Sequence
 
@@ -42,6 +39,7 @@ from tlswrapper import jail, log
 from tlswrapper.commands import cli
 from tlswrapper.exits import EXIT_FAILURE, EXIT_USAGE
 from tlswrapper.net.keyproxy import KeyProcessDied
+from tlswrapper.net.phases import unread
 from tlswrapper.tls.keyservice import KeyServiceError
 
 DEFAULT_LIMIT = 100          # tcpserver's -c default
@@ -348,16 +346,6 @@ def _queued(sock: socket.socket) -> int:
     return int.from_bytes(info[24:28], sys.byteorder) if len(info) >= 28 else 0
 
 
-def _unread(fd: int) -> int:
-    """Bytes the client has sent that wait in the socket, counted, not read (FIONREAD)."""
-    count = array.array("i", [0])
-    try:
-        fcntl.ioctl(fd, termios.FIONREAD, count)
-    except OSError:
-        return 0
-    return count[0]
-
-
 class Spare:
     """A forked process with its key process and prog started; `ready` once it said so and
     waits for its connection."""
@@ -576,7 +564,7 @@ class Listener:
             if events & (select.EPOLLHUP | select.EPOLLERR):
                 self._drop(fd)      # reset while waiting for a spare
             return
-        if self.speaks_first or _unread(fd) >= RECORD_HEADER:
+        if self.speaks_first or unread(fd) >= RECORD_HEADER:
             entry.ready = True
             self.ready.append(fd)
         elif events & _GONE:

@@ -26,8 +26,9 @@ ACK_GRACE = 1.0            # -n: how long the ack waits for prog to read the cle
 TLS_HANDSHAKE_RECORD = 0x16
 
 
-def _unread(fd: int) -> int:
-    """Bytes written to a pipe and not yet read from it (FIONREAD works on either end)."""
+def unread(fd: int) -> int:
+    """Bytes written to a pipe or socket and not yet read from it, counted without reading
+    (FIONREAD; on a pipe it works on either end)."""
     count = array.array("i", [0])
     try:
         fcntl.ioctl(fd, termios.FIONREAD, count)
@@ -199,8 +200,8 @@ class Phases:
         ACK_GRACE (see below)."""
         if not self.ack_due or self.cleartext_left:
             return
-        unread = 0 if self.prog_in_closed else _unread(self.prog.stdin)
-        if unread:
+        waiting = 0 if self.prog_in_closed else unread(self.prog.stdin)
+        if waiting:
             # A prog that waits for the ack before it reads its stdin (as the C version's
             # ack, sent once the cleartext is in the pipe, allows) must not wait for ever:
             # after ACK_GRACE it gets the ack anyway, and TLS data waits (tls_gate) until
@@ -211,11 +212,11 @@ class Phases:
                 self.ack_grace_until = now + ACK_GRACE
             if now < self.ack_grace_until:
                 return   # checked again on the next round of the loop
-            log.debug(f"delayed encryption: ack with {unread} bytes of cleartext unread")
+            log.debug(f"delayed encryption: ack with {waiting} bytes of cleartext unread")
         self.ack_due = False
         if not self._send_ack():
             return
-        self.tls_gate = unread > 0
+        self.tls_gate = waiting > 0
         # The client's bytes held since the switch are its ClientHello: the handshake starts.
         if self.held:
             data, self.held = bytes(self.held), bytearray()
@@ -223,7 +224,7 @@ class Phases:
             self.to_client += self.conn.outgoing()
 
     def _tls_gate_open(self) -> bool:
-        if self.tls_gate and (self.prog_in_closed or _unread(self.prog.stdin) == 0):
+        if self.tls_gate and (self.prog_in_closed or unread(self.prog.stdin) == 0):
             self.tls_gate = False
         return not self.tls_gate
 
