@@ -532,3 +532,21 @@ def test_hostile_network_process_files_that_are_not_regular_refused_at_start(pki
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and str(path) in lines[0], lines
     assert "Traceback" not in proc.stderr.decode()
+
+
+@pytest.mark.parametrize("replay", [("derive12_finished", None), ("derive12", None),
+                                    ("activate", (READ,)), ("activate", (WRITE,))])
+def test_hostile_network_process_tls12_replays_end_it(site, replay):
+    """Once the TLS 1.2 keys are made (and READ activated), making them again or activating
+    a direction a second time ends the key process."""
+    v = Victim(site["files"])
+    v.ks.load([site["f"]])
+    v.ks.select(0)
+    v.ks.server_key_exchange12(s.X25519, s.ECDSA_SECP256R1_SHA256, b"c" * 32, b"s" * 32)
+    v.ks.derive12_finished(s.TLS12, 0xC02B, x25519_share(), b"c" * 32, b"s" * 32,
+                           [CLIENT_HELLO], True, False)
+    v.ks.activate(READ)
+    v.ks.seal([(s.APPLICATION_DATA, b"x")])        # the deferred activate went with it
+    name, args = replay
+    v.call_raw(name, args if args is not None else VALID_ARGS[name](site))
+    assert v.ended_without_answer()
